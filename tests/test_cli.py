@@ -1,0 +1,327 @@
+"""The edge-agent command, run as a real process: accounts, tokens, settings checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.hub.accounts import AccountStore, Role
+from agent.hub.tokens import TokenIssuer
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "config").glob("*.toml"))
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+JWT_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+Cli = Callable[..., Result]
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    """Runs ``python -m agent.cli ARGS`` with a clean environment and a private XDG state."""
+    base = {k: v for k, v in os.environ.items() if not k.upper().startswith("EDGE_AGENT_")}
+    base.pop("STATE_DIRECTORY", None)
+    base.pop("JOURNAL_STREAM", None)
+    base["XDG_STATE_HOME"] = str(tmp_path / "xdg")
+
+    def run(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> Result:
+        done = subprocess.run(
+            [sys.executable, "-m", "agent.cli", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env={**base, **(env or {})},
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+        assert "Traceback" not in done.stderr, done.stderr
+        return Result(done.returncode, done.stdout, done.stderr)
+
+    return run
+
+
+def add_user(cli: Cli, state: Path, name: str, *extra: str, phrase: str = "pw") -> str:
+    args = ["user", "add", name, "--password-stdin", "--state-dir", str(state), *extra]
+    result = cli(*args, stdin=phrase + "\n")
+    assert result.code == 0, result.err
+    return result.out.strip()
+
+
+def without_none(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: without_none(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None
+    }
+
+
+# -- user -----------------------------------------------------------------------------------
+
+
+def test_user_add_prints_the_id_and_stores_the_password(cli: Cli, state: Path) -> None:
+    user_id = add_user(cli, state, "alice", "--role", "admin", phrase="correct horse")
+    assert UUID_RE.match(user_id)
+    store = AccountStore(state / "accounts.db")
+    try:
+        account = store.verify_password("alice", "correct horse")
+        assert account is not None
+        assert (account.user_id, account.role) == (user_id, Role.ADMIN)
+        # Only the one trailing newline of the pipe was dropped.
+        assert store.verify_password("alice", "correct horse\n") is None
+    finally:
+        store.close()
+
+
+def test_user_add_twice_fails_clearly(cli: Cli, state: Path) -> None:
+    add_user(cli, state, "alice")
+    again = cli("user", "add", "alice", "--password-stdin", "--state-dir", str(state), stdin="x")
+    assert again.code == 1
+    assert again.out == ""
+    assert again.err.strip() == 'edge-agent: An account named "alice" already exists.'
+
+
+def test_user_add_without_a_terminal_makes_a_token_only_account(cli: Cli, state: Path) -> None:
+    result = cli("user", "add", "cam1", "--role", "device", "--state-dir", str(state))
+    assert result.code == 0
+    assert UUID_RE.match(result.out.strip())
+    assert "tokens only" in result.err
+    store = AccountStore(state / "accounts.db")
+    try:
+        assert store.verify_password("cam1", "anything") is None
+        device = store.get_by_name("cam1")
+        assert device is not None
+        assert device.role is Role.DEVICE
+    finally:
+        store.close()
+
+
+def test_user_add_refuses_empty_stdin_and_bad_names(cli: Cli, state: Path) -> None:
+    empty = cli("user", "add", "bob", "--password-stdin", "--state-dir", str(state), stdin="\n")
+    assert empty.code == 1
+    assert "--password-stdin" in empty.err
+    bad = cli("user", "add", "no spaces", "--password-stdin", "--state-dir", str(state), stdin="x")
+    assert bad.code == 1
+    assert "Bad account name 'no spaces'" in bad.err
+    assert "bob" not in cli("user", "list", "--state-dir", str(state)).out
+
+
+def test_user_list_and_remove(cli: Cli, state: Path) -> None:
+    alice = add_user(cli, state, "alice")
+    gate = add_user(cli, state, "gate-7", "--role", "device")
+    listing = cli("user", "list", "--state-dir", str(state))
+    assert listing.code == 0
+    rows = [line.split() for line in listing.out.splitlines()]
+    assert rows == [
+        ["NAME", "ROLE", "USER", "ID"],
+        ["alice", "user", alice],
+        ["gate-7", "device", gate],
+    ]
+
+    removed = cli("user", "remove", "gate-7", "--state-dir", str(state))
+    assert removed.code == 0
+    after = cli("user", "list", "--state-dir", str(state)).out
+    assert "gate-7" not in after
+    assert alice in after
+    missing = cli("user", "remove", "gate-7", "--state-dir", str(state))
+    assert missing.code == 1
+    assert missing.err.strip() == 'edge-agent: No account named "gate-7".'
+
+
+def test_state_dir_comes_from_settings_then_xdg(cli: Cli, tmp_path: Path) -> None:
+    configured = tmp_path / "from-settings"
+    settings = tmp_path / "agent.toml"
+    settings.write_text(f'state_dir = "{configured}"\n')
+    assert cli("user", "add", "a", "--config", str(settings)).code == 0
+    assert (configured / "accounts.db").exists()
+    assert cli("user", "add", "b").code == 0
+    assert (tmp_path / "xdg" / "edge-agent" / "accounts.db").exists()
+    via_env = cli("user", "list", env={"EDGE_AGENT_STATE_DIR": str(configured)})
+    assert [row.split()[0] for row in via_env.out.splitlines()] == ["NAME", "a"]
+    default = cli("user", "list")
+    assert [row.split()[0] for row in default.out.splitlines()] == ["NAME", "b"]
+
+
+# -- token ----------------------------------------------------------------------------------
+
+
+def test_token_prints_only_a_jwt_the_hub_accepts(cli: Cli, state: Path) -> None:
+    user_id = add_user(cli, state, "alice")
+    before = int(time.time())
+    result = cli("token", "--user", "alice", "--ttl", "1h", "--state-dir", str(state))
+    assert result.code == 0, result.err
+    assert result.err == ""
+    assert result.out.endswith("\n")
+    assert result.out.count("\n") == 1
+    token = result.out.strip()
+    assert JWT_RE.match(token)
+    claims = TokenIssuer.from_state_dir(state).verify(token)
+    assert (claims.user_id, claims.name, claims.role) == (user_id, "alice", Role.USER)
+    assert before + 3600 <= claims.expires_at <= int(time.time()) + 3600
+
+
+def test_token_default_lifetime_is_thirty_days(cli: Cli, state: Path) -> None:
+    add_user(cli, state, "alice")
+    token = cli("token", "--user", "alice", "--state-dir", str(state)).out.strip()
+    claims = TokenIssuer.from_state_dir(state).verify(token)
+    assert claims.expires_at - time.time() > 29 * 86400
+
+
+def test_token_for_an_unknown_user_fails(cli: Cli, state: Path) -> None:
+    add_user(cli, state, "alice")
+    result = cli("token", "--user", "ghost", "--state-dir", str(state))
+    assert result.code == 1
+    assert result.out == ""
+    assert 'No account named "ghost"' in result.err
+
+
+@pytest.mark.parametrize("ttl", ["soon", "0", "-5m"])
+def test_token_refuses_a_bad_lifetime(cli: Cli, state: Path, ttl: str) -> None:
+    result = cli("token", "--user", "alice", f"--ttl={ttl}", "--state-dir", str(state))
+    assert result.code == 2
+    assert result.out == ""
+    assert "--ttl" in result.err
+
+
+def test_secret_files_are_private(cli: Cli, state: Path) -> None:
+    add_user(cli, state, "alice")
+    assert cli("token", "--user", "alice", "--state-dir", str(state)).code == 0
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert stat.S_IMODE((state / "accounts.db").stat().st_mode) == 0o600
+    assert stat.S_IMODE((state / "jwt-secret").stat().st_mode) == 0o600
+
+
+def test_hub_accepts_a_token_minted_from_the_same_state_dir(
+    cli: Cli, state: Path, tmp_path: Path
+) -> None:
+    add_user(cli, state, "alice")
+    token = cli("token", "--user", "alice", "--state-dir", str(state)).out.strip()
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "xdg")}
+    env.pop("JOURNAL_STREAM", None)
+    command = [sys.executable, "-m", "agent.cli", "--log-level", "info", "hub"]
+    hub = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", "0", "--state-dir", str(state)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        base_url = _wait_for_listening(hub)
+        headers = {"Authorization": f"Bearer {token}"}
+        request = urllib.request.Request(f"{base_url}/api/me", headers=headers)  # noqa: S310
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (loopback)
+            me = json.load(response)
+        assert me["name"] == "alice"
+        hub.send_signal(signal.SIGTERM)
+        assert hub.wait(timeout=30) == 0
+    finally:
+        if hub.poll() is None:
+            hub.kill()
+            hub.wait()
+        assert hub.stderr is not None
+        hub.stderr.close()
+
+
+def _wait_for_listening(hub: subprocess.Popen[str]) -> str:
+    """The hub's URL, from its start-up log line on stderr."""
+    assert hub.stderr is not None
+    seen = []
+    for line in hub.stderr:
+        seen.append(line)
+        found = re.search(r"http://127\.0\.0\.1:\d+", line)
+        if found:
+            return found.group(0)
+    raise AssertionError("hub exited before listening:\n" + "".join(seen))
+
+
+# -- config ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[path.name for path in EXAMPLES])
+def test_config_check_accepts_the_examples(cli: Cli, path: Path) -> None:
+    result = cli("config", "check", str(path))
+    assert (result.code, result.out, result.err) == (0, f"{path}: ok\n", "")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('name = "porch"\n\n[hub]\nport = "eighty"\n', ":4, key 'hub.port': Input should be"),
+        ("[hub]\nprot = 9000\n", ":2, key 'hub.prot': unknown setting 'prot' in [hub]"),
+        ("[hub]\nport = 8080\nport = 8081\n", ":3, key 'hub.port': invalid TOML"),
+    ],
+)
+def test_config_check_names_file_line_and_key(
+    cli: Cli, tmp_path: Path, text: str, expected: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    result = cli("config", "check", str(path))
+    assert result.code == 2
+    assert result.out == ""
+    assert result.err.startswith(f"edge-agent: {path}{expected}")
+
+
+def test_config_check_of_a_missing_file(cli: Cli, tmp_path: Path) -> None:
+    result = cli("config", "check", str(tmp_path / "nope.toml"))
+    assert result.code == 2
+    assert result.err.strip() == f"edge-agent: {tmp_path / 'nope.toml'}: settings file not found"
+
+
+def test_config_show_redacts_secrets_and_applies_the_environment(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('name = "porch"\n[connect]\nurl = "ws://127.0.0.1:1/ws"\ntoken = "tok-FILE"\n')
+    env = {"EDGE_AGENT_CONNECT__TOKEN": "tok-ENV", "EDGE_AGENT_HUB__PORT": "9001"}
+    shown = cli("config", "show", "--config", str(path), env=env)
+    assert shown.code == 0, shown.err
+    as_json = cli("config", "show", "--json", "--config", str(path), env=env)
+    for output in (shown.out, as_json.out):
+        assert "tok-FILE" not in output
+        assert "tok-ENV" not in output
+    data = tomllib.loads(shown.out)
+    assert data == without_none(json.loads(as_json.out))  # TOML has no null: unset is omitted
+    assert data["connect"] == {"url": "ws://127.0.0.1:1/ws", "token": "********"}
+    assert data["hub"]["port"] == 9001
+    assert data["name"] == "porch"
+    assert json.loads(as_json.out)["connect"]["token"] == "********"
+    assert json.loads(as_json.out)["connect"]["token_file"] is None
+
+
+def test_config_show_reports_bad_settings(cli: Cli) -> None:
+    result = cli("config", "show", env={"EDGE_AGENT_HUB__PORT": "eighty"})
+    assert result.code == 2
+    assert "EDGE_AGENT_HUB__PORT" in result.err
+
+
+def test_usage_errors_exit_2(cli: Cli) -> None:
+    assert cli().code == 2
+    assert cli("user").code == 2
+    bad_port = cli("hub", "--port", "70000")
+    assert bad_port.code == 2
+    assert "not a port number" in bad_port.err

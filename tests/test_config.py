@@ -1,0 +1,431 @@
+"""Settings: layers and their precedence, errors naming file/key/line, examples, redaction."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from agent.config import (
+    REDACTED,
+    Settings,
+    _line_of,
+    check_settings_file,
+    load_settings,
+    parse_duration,
+)
+from agent.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+EXAMPLES = sorted(CONFIG_DIR.glob("*.toml"))
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No EDGE_AGENT_* variable of the surrounding shell leaks into a test."""
+    for name in list(os.environ):
+        if name.upper().startswith("EDGE_AGENT_"):
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, text: str, name: str = "settings.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -- layers ---------------------------------------------------------------------------------
+
+
+def test_defaults_without_a_file() -> None:
+    settings = load_settings()
+    assert settings.name == socket.gethostname()
+    assert settings.groups == ["devices"]
+    assert settings.state_dir is None
+    assert settings.log_level == "info"
+    assert settings.connect.url is None
+    assert settings.connect.token is None
+    assert (settings.hub.host, settings.hub.port) == ("127.0.0.1", 8080)
+    limits = settings.hub.limits
+    assert (limits.max_frame_bytes, limits.max_content_bytes) == (65536, 32768)
+    assert (limits.rate_burst, limits.rate_per_second) == (100, 50.0)
+    assert (limits.max_errors, limits.error_window_seconds) == (20, 5.0)
+    assert limits.idle_timeout_seconds == 60.0
+    assert limits.max_connections_per_user == 30
+    assert limits.max_outbound_bytes == 1048576
+
+
+def test_values_come_from_the_toml_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        name = "porch"
+        groups = ["front-door", "doorbells"]
+        state_dir = "~/edge-state"
+        log_level = "DEBUG"
+
+        [connect]
+        url = "wss://hub.example.net/ws"
+        token = "t0ken"
+
+        [hub.limits]
+        rate_burst = 7
+        """,
+    )
+    settings = load_settings(path)
+    assert settings.name == "porch"
+    assert settings.groups == ["front-door", "doorbells"]
+    assert settings.state_dir == Path.home() / "edge-state"
+    assert settings.log_level == "debug"
+    assert settings.connect.url == "wss://hub.example.net/ws"
+    assert settings.connect.token is not None
+    assert settings.connect.token.get_secret_value() == "t0ken"
+    assert settings.hub.limits.rate_burst == 7
+    assert settings.hub.limits.rate_per_second == 50.0
+
+
+def test_environment_overrides_the_file_with_nesting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, '[hub]\nport = 8081\nhost = "127.0.0.2"\n[hub.limits]\nmax_errors = 3\n')
+    monkeypatch.setenv("EDGE_AGENT_HUB__PORT", "9000")
+    monkeypatch.setenv("EDGE_AGENT_HUB__LIMITS__RATE_PER_SECOND", "7.5")
+    monkeypatch.setenv("EDGE_AGENT_CONNECT__URL", "ws://127.0.0.1:9000/ws")
+    monkeypatch.setenv("EDGE_AGENT_NAME", "from-env")
+    settings = load_settings(path)
+    assert settings.hub.port == 9000
+    assert settings.hub.host == "127.0.0.2"  # untouched by the environment
+    assert settings.hub.limits.rate_per_second == 7.5
+    assert settings.hub.limits.max_errors == 3
+    assert settings.connect.url == "ws://127.0.0.1:9000/ws"
+    assert settings.name == "from-env"
+
+
+@pytest.mark.parametrize(
+    ("value", "groups"),
+    [
+        ("front-door, doorbells", ["front-door", "doorbells"]),
+        ('["a", "b,c"]', ["a", "b,c"]),
+        ("", []),
+    ],
+)
+def test_groups_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str, groups: list[str]
+) -> None:
+    monkeypatch.setenv("EDGE_AGENT_GROUPS", value)
+    assert load_settings().groups == groups
+
+
+def test_empty_environment_value_means_unset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, '[connect]\nurl = "ws://hub.lan/ws"\ntoken = "x"\n')
+    monkeypatch.setenv("EDGE_AGENT_CONNECT__URL", "")
+    assert load_settings(path).connect.url is None
+
+
+def test_overrides_beat_environment_and_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, '[hub]\nport = 8081\nhost = "127.0.0.2"\n')
+    monkeypatch.setenv("EDGE_AGENT_HUB__PORT", "9000")
+    monkeypatch.setenv("EDGE_AGENT_LOG_LEVEL", "error")
+    settings = load_settings(
+        path, hub__port=0, hub={"limits": {"max_errors": 4}}, state_dir=tmp_path, log_level=None
+    )
+    assert settings.hub.port == 0
+    assert settings.hub.host == "127.0.0.2"
+    assert settings.hub.limits.max_errors == 4
+    assert settings.state_dir == tmp_path
+    assert settings.log_level == "error"  # None overrides are skipped
+
+
+def test_file_path_from_edge_agent_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, 'name = "from-file"\n')
+    monkeypatch.setenv("EDGE_AGENT_CONFIG", str(path))
+    assert load_settings().name == "from-file"
+    other = write(tmp_path, 'name = "explicit"\n', name="other.toml")
+    assert load_settings(other).name == "explicit"
+
+
+def test_check_settings_file_ignores_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "[hub]\nport = 8081\n")
+    monkeypatch.setenv("EDGE_AGENT_HUB__PORT", "not a port")
+    assert check_settings_file(path).hub.port == 8081
+    with pytest.raises(ConfigError, match="EDGE_AGENT_HUB__PORT"):
+        load_settings(path)
+
+
+def test_settings_built_directly_ignore_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_AGENT_HUB__PORT", "9000")
+    assert Settings().hub.port == 8080
+    assert Settings(hub={"port": 0}).hub.port == 0  # type: ignore[arg-type]
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "words"),
+    [
+        ('[hub]\nport = "eighty"\n', "hub.port", 2, ["valid integer", "'eighty'"]),
+        ("[hub]\nport = 70000\n", "hub.port", 2, ["less than or equal to 65535"]),
+        ('name = "x"\n\n[hub]\nhost = "h"\nprot = 9000\n', "hub.prot", 5, ["did you mean 'port'"]),
+        ('nmae = "porch"\n', "nmae", 1, ["unknown setting", "did you mean 'name'"]),
+        ("[hubb]\nport = 1\n", "hubb", 1, ["unknown setting 'hubb'", "did you mean 'hub'"]),
+        ("[[serial]]\nport = 1\n", "serial", 1, ["unknown setting 'serial' at the top level"]),
+        ("[hub.limits]\nrate_burst = 0\n", "hub.limits.rate_burst", 2, ["greater than 0"]),
+        (
+            "[hub.limits]\nmax_content_bytes = 70000\n",
+            "hub.limits",
+            1,
+            ["max_content_bytes (70000) must not exceed max_frame_bytes (65536)"],
+        ),
+        ('hub.port = "x"\n', "hub.port", 1, ["valid integer"]),
+        ('hub = { host = "h", port = "x" }\n', "hub.port", 1, ["valid integer"]),
+        ('[hub]\ntls_cert = "/etc/c.pem"\n', "hub", 1, ["tls_key is not set"]),
+        ('[hub]\npublic_url = "hub.example.net"\n', "hub.public_url", 2, ["http://HOST"]),
+        ('[connect]\nurl = "ftp://hub/ws"\n', "connect.url", 2, ["ws://HOST", "wss://HOST"]),
+        ('groups = ["a",\n  7]\n', "groups[1]", 1, ["valid string", "(got 7)"]),
+        ('groups = [""]\n', "groups", 1, ["1 to 128 characters"]),
+        ('log_level = "loud"\n', "log_level", 1, ["not a log level", "debug, info"]),
+        ('name = "bad name!"\n', "name", 1, ["not a valid account name"]),
+        ('name = "7c9e6679-7425-40de-944b-e07fc1f90ae7"\n', "name", 1, ["looks like a user id"]),
+        ("state_dir = 5\n", "state_dir", 1, ["path"]),
+        ('_secrets_dir = "/tmp"\n', "_secrets_dir", 1, ["unknown setting"]),
+    ],
+)
+def test_bad_values_name_file_key_and_line(
+    tmp_path: Path, text: str, key: str, line: int, words: list[str]
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    error = caught.value
+    assert (error.file, error.key, error.line) == (path, key, line)
+    rendered = str(error)
+    assert rendered.startswith(f"{path}:{line}, key {key!r}: ")
+    for word in words:
+        assert word in rendered
+
+
+def test_every_error_is_reported_first_line_first(tmp_path: Path) -> None:
+    path = write(tmp_path, '[hub]\nport = "x"\n\n[hub.limits]\nrate_burst = -1\nmax_errors = "y"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    error = caught.value
+    assert (error.key, error.line) == ("hub.port", 2)
+    lines = str(error).splitlines()
+    assert len(lines) == 3
+    assert lines[1].strip() == f"also: {path}:5, key 'hub.limits.rate_burst': " + (
+        "Input should be greater than 0 (got -1)"
+    )
+    assert f"{path}:6, key 'hub.limits.max_errors'" in lines[2]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "words"),
+    [
+        ("[hub]\nport = 8080\nhost = \n", 3, ["Invalid value", "column 8"]),
+        ("[hub]\nport = 1\nport = 2\n", 3, ["Cannot overwrite a value"]),
+        ('name = "porch\n', 1, ["invalid TOML"]),
+        ("[hub\n", 1, ["invalid TOML"]),
+    ],
+)
+def test_toml_syntax_errors_carry_the_line(
+    tmp_path: Path, text: str, line: int, words: list[str]
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert (caught.value.file, caught.value.line) == (path, line)
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_syntax_error_names_the_key_on_that_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "[hub]\nport = 80 80\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert (caught.value.key, caught.value.line) == ("hub.port", 2)
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="settings file not found") as caught:
+        load_settings(tmp_path / "absent.toml")
+    assert caught.value.file == tmp_path / "absent.toml"
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('name = "caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_settings(latin1)
+    with pytest.raises(ConfigError, match="cannot read settings file"):
+        load_settings(tmp_path)
+
+
+def test_environment_errors_name_the_variable_not_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "[hub]\nport = 8081\n")
+    monkeypatch.setenv("EDGE_AGENT_HUB__PORT", "eighty")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert (caught.value.file, caught.value.key, caught.value.line) == (None, "hub.port", None)
+    assert "from environment variable EDGE_AGENT_HUB__PORT" in str(caught.value)
+
+
+def test_unknown_nested_environment_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_AGENT_HUB__PROT", "9000")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.key == "hub.prot"
+    assert "did you mean 'port'" in str(caught.value)
+    assert "EDGE_AGENT_HUB__PROT" in str(caught.value)
+
+
+def test_override_errors_say_so(tmp_path: Path) -> None:
+    path = write(tmp_path, "[hub]\nport = 8081\n")
+    with pytest.raises(ConfigError, match="given as an override") as caught:
+        load_settings(path, hub__port=-1)
+    assert (caught.value.file, caught.value.key) == (None, "hub.port")
+
+
+def test_errors_never_echo_secrets(tmp_path: Path) -> None:
+    path = write(tmp_path, '[connect]\ntoken = 123456789\nurl = "ftp://h/ws?token=s3cr3t"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    text = str(caught.value)
+    assert "connect.token" in text
+    assert "connect.url" in text
+    assert "123456789" not in text
+    assert "s3cr3t" not in text
+
+
+# -- examples -------------------------------------------------------------------------------
+
+
+def test_the_four_examples_exist() -> None:
+    names = {path.name for path in EXAMPLES}
+    assert {"agent.toml", "hub.toml", "doorbell.toml", "field-device.toml"} <= names
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[path.name for path in EXAMPLES])
+def test_every_example_loads(path: Path) -> None:
+    settings = load_settings(path)
+    assert settings == check_settings_file(path)
+    assert settings.groups or path.name == "hub.toml"
+
+
+def test_examples_say_what_they_are() -> None:
+    doorbell = check_settings_file(CONFIG_DIR / "doorbell.toml")
+    assert doorbell.name == "front-door"
+    assert doorbell.connect.url is not None
+    assert doorbell.connect.url.startswith("wss://")
+    assert doorbell.connect.token_file is not None
+    field_device = check_settings_file(CONFIG_DIR / "field-device.toml")
+    assert field_device.state_dir == Path("/var/lib/edge-agent")
+    assert check_settings_file(CONFIG_DIR / "agent.toml").connect.url is None
+
+
+# -- redaction ------------------------------------------------------------------------------
+
+
+def test_redacted_hides_tokens_and_url_credentials(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[connect]\nurl = "wss://dev:pa55@hub.lan/ws?token=abc.def&x=1"\ntoken = "tok-123"\n',
+    )
+    data = load_settings(path).redacted()
+    text = json.dumps(data)  # plain JSON-able data
+    assert data["connect"]["token"] == REDACTED
+    assert data["connect"]["url"] == f"wss://dev:{REDACTED}@hub.lan/ws?token={REDACTED}&x=1"
+    for secret in ("tok-123", "pa55", "abc.def"):
+        assert secret not in text
+    assert data["hub"]["limits"]["rate_burst"] == 100
+
+
+def test_redacted_keeps_unset_secrets_as_none() -> None:
+    data = Settings().redacted()
+    assert data["connect"]["token"] is None
+    assert data["connect"]["url"] is None
+
+
+class _PushSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vapid_private_key: SecretStr
+    subject: str = "mailto:ops@example.net"
+
+
+class _SettingsWithPush(Settings):
+    push: list[_PushSection] = Field(default_factory=list)
+
+
+def test_redaction_covers_any_secret_field_a_later_section_adds() -> None:
+    settings = _SettingsWithPush(
+        push=[{"vapid_private_key": "PRIVATE-KEY-PEM"}],  # type: ignore[list-item]
+        connect={"token": "tok"},  # type: ignore[arg-type]
+    )
+    data = settings.redacted()
+    assert data["push"] == [{"vapid_private_key": REDACTED, "subject": "mailto:ops@example.net"}]
+    assert "PRIVATE-KEY-PEM" not in json.dumps(data)
+
+
+# -- durations ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("3600", 3600),
+        ("0", 0),
+        ("90s", 90),
+        ("15m", 900),
+        ("12h", 43200),
+        ("30d", 2592000),
+        ("2w", 1209600),
+        ("1h30m", 5400),
+        (" 30D ", 2592000),
+        (42, 42),
+    ],
+)
+def test_parse_duration(text: str | int, seconds: int) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "text", ["", "d", "30x", "1.5h", "-3", "1h 30m", "30 days", "9" * 13, "1h" * 40, -1, True]
+)
+def test_parse_duration_refuses_with_a_clear_text(text: str | int) -> None:
+    with pytest.raises(ValueError, match=r"invalid duration .*use whole seconds"):
+        parse_duration(text)
+
+
+# -- locating keys --------------------------------------------------------------------------
+
+
+def test_line_of_follows_arrays_of_tables_and_subtables() -> None:
+    text = "\n".join(
+        [
+            "[[serial]]",  # 1
+            'port = "/dev/ttyUSB0"',  # 2
+            "[[serial]]",  # 3
+            'doc = """',  # 4
+            "port = not a key",  # 5
+            '"""',  # 6
+            'port = "/dev/ttyUSB1"',  # 7
+            "[serial.framing]",  # 8
+            "baud = 9600",  # 9
+            '"quoted key" = 1',  # 10
+        ]
+    )
+    assert _line_of(text, ("serial", 0, "port")) == 2
+    assert _line_of(text, ("serial", 1, "port")) == 7
+    assert _line_of(text, ("serial", 1, "framing", "baud")) == 9
+    assert _line_of(text, ("serial", 1, "framing", "missing")) == 8
+    assert _line_of(text, ("serial", 1, "framing", "quoted key")) == 10
+    assert _line_of(text, ("other",)) is None
