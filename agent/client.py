@@ -1,0 +1,933 @@
+"""RealtimeClient: the reference's realtime API in Python, over ``websockets`` and HTTP.
+
+Usage::
+
+    client = RealtimeClient("ws://127.0.0.1:8080/ws", token=jwt)
+    await client.connect_realtime(print)
+    await client.join_realtime("devices")
+    await client.post_realtime({"hello": "world"}, "devices")
+    ...
+    await client.close_realtime()
+
+How it behaves where the reference leaves room:
+
+- **Reconnects forever.** A lost or refused connection is retried with capped exponential
+  backoff and full jitter (:mod:`agent.retry`); every wait is announced with a ``reconnect``
+  message and every (re)connection with ``success``. After a reconnect the client rejoins
+  its groups (the first plainly, the rest with ``keep``) before it reports ``success``.
+- **A refused token is reported, not fatal.** When the hub answers the upgrade with 401/403
+  (or closes with 4401/4403) the client emits an ``error`` with code ``UNAUTHORIZED`` or
+  ``FORBIDDEN`` and keeps retrying at the slow ``refused_delay`` pace: an unattended
+  device must come back by itself once the hub's accounts are restored.
+- **connect_realtime returns after the first attempt**, whether it opened or not; the
+  outcome also reaches the callback. Groups joined before the connection opens are
+  remembered and joined as soon as it does.
+- **Delivery never blocks the socket.** The callback (sync or async) runs on its own task,
+  in order, fed by a bounded queue; each ``messages()`` stream has its own bounded queue.
+  When a queue is full the oldest message is dropped, and the consumer next receives an
+  ``error`` message with code ``MESSAGES_DROPPED`` saying how many were lost.
+- ``#rtc`` frames go to :meth:`RealtimeClient.on_rtc_frame` (or a handler registered with
+  :meth:`RealtimeClient.set_rtc_handler`); by default they are dropped.
+
+Secrets: the token travels in the ``?token=`` query (browsers cannot set headers on a
+WebSocket) and in the ``Authorization`` header of HTTP calls; it is never logged, and the
+``websockets`` debug log gets it redacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import inspect
+import json
+import logging
+import re
+import ssl
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Self, TypeAlias
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import aiohttp
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from agent import retry
+from agent.errors import Codes, RealtimeError, Texts
+from agent.protocol import (
+    CID_PREFIX,
+    Broadcast,
+    ClientAction,
+    FrameKind,
+    HubFrame,
+    JoinRoom,
+    KeepAlive,
+    LeaveRoom,
+    Limits,
+    Notification,
+    ProtocolError,
+    Rtc,
+    SendMessage,
+    encode_client_action,
+    is_user_id,
+    parse_client_frame,
+    parse_hub_frame,
+    scid_of,
+)
+
+__all__ = [
+    "DROPPED_CODE",
+    "Callback",
+    "ConnectionState",
+    "MessageStream",
+    "MessageType",
+    "RealtimeClient",
+    "RealtimeMessage",
+    "RtcHandler",
+    "message_from_frame",
+]
+
+log = logging.getLogger(__name__)
+
+DROPPED_CODE: Final = "MESSAGES_DROPPED"
+_CONNECTED_TEXT: Final = "Connected to WebSocket server."
+_CLOSED_TEXT: Final = "WebSocket connection closed."
+_SENT: Final = {"type": "success", "message": "Message sent."}
+_LEFT_ALL_TEXT: Final = "Left realtime message group."
+# A connection that stayed up this long resets the backoff; one the hub drops right after
+# accepting it (too many connections, a policy close) keeps backing off instead.
+_STABLE_SECONDS: Final = 10.0
+_CALLBACK_QUEUE: Final = 1024
+_DRAIN_SECONDS: Final = 5.0
+_CLOSE_SECONDS: Final = 2.0
+_FETCH_KEYS: Final = {
+    "limit": "limit",
+    "startKey": "startKey",
+    "start_key": "startKey",
+    "ascending": "ascending",
+}
+_MAX_FRAME_BYTES: Final = Limits().max_frame_bytes
+_TOKEN_RE: Final = re.compile(r"(token=)[^&\s]+")
+
+
+class MessageType(enum.StrEnum):
+    """The ``type`` of a message given to the callback (compares equal to its string)."""
+
+    MESSAGE = "message"
+    PRIVATE = "private"
+    NOTICE = "notice"
+    ERROR = "error"
+    SUCCESS = "success"
+    CLOSE = "close"
+    RECONNECT = "reconnect"
+    RTC_INCOMING = "rtc:incoming"
+    RTC_CLOSED = "rtc:closed"
+
+
+@dataclass(frozen=True, slots=True)
+class RealtimeMessage:
+    """One message for the callback, shaped like the reference's ``RealtimeCallback`` argument."""
+
+    type: MessageType
+    message: Any = None
+    sender: str | None = None
+    sender_cid: str | None = None
+    sender_rid: str | None = None
+    code: str | None = None
+
+
+class ConnectionState(enum.Enum):
+    """Where the client's hub connection stands."""
+
+    IDLE = "idle"  # connect_realtime() not called yet
+    CONNECTING = "connecting"  # first attempt under way
+    OPEN = "open"
+    RECONNECTING = "reconnecting"  # waiting to retry, or retrying
+    CLOSED = "closed"  # close_realtime() called, or gave up
+
+
+Callback: TypeAlias = Callable[[RealtimeMessage], Awaitable[None] | None]
+RtcHandler: TypeAlias = Callable[[HubFrame], None]
+
+
+def message_from_frame(frame: HubFrame) -> RealtimeMessage | None:
+    """The callback message for a hub frame; ``None`` for ``#rtc`` (handled separately)."""
+    kind = _FRAME_TYPES.get(frame.kind)
+    if kind is None:
+        return None
+    if kind is MessageType.ERROR:
+        return _error_message(frame)
+    return RealtimeMessage(
+        type=kind,
+        message=frame.content,
+        sender=frame.user_id,
+        sender_cid=CID_PREFIX + frame.scid if frame.scid else None,
+        sender_rid=frame.srid,
+        code=frame.code,
+    )
+
+
+class MessageStream:
+    """An async iterator over a client's messages; ends after the ``close`` message."""
+
+    def __init__(self, queue: _MessageQueue, on_close: Callable[[MessageStream], None]) -> None:
+        self._queue = queue
+        self._on_close = on_close
+        self._ended = False
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> RealtimeMessage:
+        if self._ended:
+            raise StopAsyncIteration
+        message = await self._queue.get()
+        if message.type is MessageType.CLOSE:
+            self.close()
+        return message
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def feed(self, message: RealtimeMessage) -> None:
+        """Queue ``message`` for this stream (the client calls this; never blocks)."""
+        if not self._ended:
+            self._queue.put(message)
+
+    def close(self) -> None:
+        """Stop receiving; iteration ends once this is called."""
+        if not self._ended:
+            self._ended = True
+            self._on_close(self)
+
+
+class RealtimeClient:
+    """A connection to a hub with the reference's realtime API (see the module docstring)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str,
+        http_url: str | None = None,
+        keepalive_interval: float = 15.0,
+        backoff: Callable[[], Iterator[float]] = retry.backoff,
+        refused_delay: float = 30.0,
+        open_timeout: float = 10.0,
+        request_timeout: float = 30.0,
+        max_frame_bytes: int = _MAX_FRAME_BYTES,
+        ssl_context: ssl.SSLContext | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        """Prepare a client; nothing connects until :meth:`connect_realtime`.
+
+        Args:
+            url: The hub's WebSocket URL, ``ws[s]://HOST:PORT/ws``.
+            token: The JWT the hub issued (``edge-agent token --user NAME``).
+            http_url: Base of the HTTP API; derived from ``url`` (``http[s]://HOST:PORT``).
+            keepalive_interval: Seconds between ``keepAlive`` frames (the hosted service's 15).
+            backoff: Factory of reconnect delays (see :func:`agent.retry.backoff`).
+            refused_delay: Ceiling of the delay after the hub refused the token.
+            open_timeout: Seconds allowed for one connection's opening handshake.
+            request_timeout: Seconds allowed for one HTTP call.
+            max_frame_bytes: Largest frame this client sends (the hub closes on bigger).
+            ssl_context: TLS settings for ``wss``/``https`` (e.g. a LAN hub's own CA).
+            session: An ``aiohttp`` session to use for HTTP calls (not closed here).
+
+        Raises:
+            RealtimeError: INVALID_PARAMETER when the URL or token is malformed.
+        """
+        self._url = _check_ws_url(url)
+        if not isinstance(token, str) or not token:
+            raise RealtimeError(Codes.INVALID_PARAMETER, '"token" must be a non-empty string.')
+        if keepalive_interval <= 0:
+            raise RealtimeError(Codes.INVALID_PARAMETER, '"keepalive_interval" must be > 0.')
+        self._token = token
+        self._http_url = (http_url or _http_base(self._url)).rstrip("/")
+        self._keepalive_interval = keepalive_interval
+        self._backoff = backoff
+        self._refused_delay = refused_delay
+        self._open_timeout = open_timeout
+        self._request_timeout = request_timeout
+        self._max_frame_bytes = max_frame_bytes
+        self._ssl = ssl_context
+        self._http_session = session
+        self._own_session: aiohttp.ClientSession | None = None
+        self._state = ConnectionState.IDLE
+        self._groups: list[str] = []
+        self._join_lock = asyncio.Lock()
+        self._ws: ClientConnection | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._first_attempt: asyncio.Future[BaseException | None] | None = None
+        self._callback_queue: _MessageQueue | None = None
+        self._streams: weakref.WeakSet[MessageStream] = weakref.WeakSet()
+        self._rtc_handler: RtcHandler | None = None
+
+    def __repr__(self) -> str:
+        return f"<RealtimeClient {self._url} {self._state.value}>"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close_realtime()
+
+    # -- public API --------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        """Where the connection stands."""
+        return self._state
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The groups this client is in (and rejoins after a reconnect), in join order."""
+        return tuple(self._groups)
+
+    @property
+    def url(self) -> str:
+        """The WebSocket URL, without the token."""
+        return self._url
+
+    @property
+    def http_url(self) -> str:
+        """The base URL of the hub's HTTP API."""
+        return self._http_url
+
+    async def connect_realtime(self, callback: Callback) -> None:
+        """Connect and keep connected, reporting to ``callback`` (sync or async).
+
+        Returns once the first connection attempt has finished, opened or not; the client
+        keeps retrying in the background until :meth:`close_realtime`. Calling it again
+        while connected returns at once and keeps the first callback. Cancelling it before
+        the first attempt finishes closes the client.
+
+        Raises:
+            RealtimeError: INVALID_REQUEST "Callback must be a function." when ``callback``
+                is not callable; ERROR when the URL cannot be connected to at all.
+        """
+        if not callable(callback):
+            raise RealtimeError(Codes.INVALID_REQUEST, Texts.CALLBACK)
+        if self._runner is not None and self._runner.done():
+            await self.close_realtime()  # it gave up earlier: start afresh
+        if self._runner is None:
+            self._start(callback)
+        first = self._first_attempt
+        if first is None:  # close_realtime() ran in between
+            return
+        try:
+            error = await asyncio.shield(first)
+        except asyncio.CancelledError:
+            if not first.done():
+                await self.close_realtime()
+            raise
+        if error is not None:
+            raise RealtimeError(Codes.ERROR, Texts.CONNECTION_ERROR) from error
+
+    def messages(self, *, maxsize: int = 256) -> MessageStream:
+        """Every message from now on, as an async iterator that ends after ``close``.
+
+        Each stream has its own queue of ``maxsize``; when the consumer falls behind, the
+        oldest message is dropped and an ``error`` message with code ``MESSAGES_DROPPED``
+        comes next. Close the stream (or leave ``async with``) to stop receiving.
+        """
+        stream = MessageStream(_MessageQueue(maxsize), self._streams.discard)
+        self._streams.add(stream)
+        return stream
+
+    async def join_realtime(self, group: str | None, *, keep: bool = False) -> dict[str, str]:
+        """Join ``group`` (switching away from the others unless ``keep``); ``None`` leaves all.
+
+        Joining while the connection is reopening is recorded and sent once it is open.
+
+        Raises:
+            RealtimeError: INVALID_REQUEST when :meth:`connect_realtime` was not called;
+                INVALID_PARAMETER when ``group`` is not a string or ``None`` or is too long.
+        """
+        self._require_connection()
+        if group is not None and not isinstance(group, str):
+            raise RealtimeError(Codes.INVALID_PARAMETER, '"group" must be a string | null.')
+        if not group:
+            return await self._leave_all()
+        _check_action(JoinRoom(group, keep=keep))
+        async with self._join_lock:
+            if not keep:
+                self._groups.clear()
+            if group not in self._groups:
+                self._groups.append(group)
+            await self._send_if_open(JoinRoom(group, keep=keep))
+        return {"type": "success", "message": f'Joined realtime message group: "{group}".'}
+
+    async def leave_realtime(self, group: str) -> dict[str, str]:
+        """Leave one group and stay in the others.
+
+        Raises:
+            RealtimeError: INVALID_REQUEST when :meth:`connect_realtime` was not called;
+                INVALID_PARAMETER when ``group`` is not a non-empty string.
+        """
+        self._require_connection()
+        if not isinstance(group, str) or not group:
+            raise RealtimeError(Codes.INVALID_PARAMETER, '"group" must be a non-empty string.')
+        async with self._join_lock:
+            if group in self._groups:
+                self._groups.remove(group)
+                await self._send_if_open(LeaveRoom(group))
+        return {"type": "success", "message": f'Left realtime message group: "{group}".'}
+
+    async def post_realtime(
+        self,
+        message: Any,
+        recipient: str,
+        notification: Mapping[str, Any] | Notification | None = None,
+    ) -> dict[str, str]:
+        """Send ``message`` to a user (UUID-shaped ``recipient``) or to a joined group.
+
+        Args:
+            message: Any JSON-serializable value.
+            recipient: A user id, or the name of a group this client has joined.
+            notification: ``{"title", "body", "config": {"always"}}`` for a push alert.
+
+        Returns:
+            ``{"type": "success", "message": "Message sent."}``
+
+        Raises:
+            RealtimeError: INVALID_REQUEST with the reference's texts when there is no
+                connection, it is not open, or the group was not joined; INVALID_PARAMETER
+                for an unserializable message, a bad notification or an oversized frame.
+        """
+        self._require_connection()
+        if not isinstance(recipient, str) or not recipient:
+            raise RealtimeError(Codes.INVALID_REQUEST, "No recipient.")
+        if self._state is not ConnectionState.OPEN:
+            raise RealtimeError(Codes.INVALID_REQUEST, Texts.NOT_OPEN)
+        note = _notification(notification)
+        action: ClientAction
+        if is_user_id(recipient):
+            action = SendMessage(recipient, message, note)
+        elif recipient in self._groups:
+            action = Broadcast(recipient, message, note)
+        else:
+            raise RealtimeError(Codes.INVALID_REQUEST, Texts.not_joined(recipient))
+        await self._send(action)
+        return dict(_SENT)
+
+    async def get_realtime_groups(
+        self,
+        params: Mapping[str, Any] | None = None,
+        fetch_options: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """List groups: ``params`` as the reference's (searchFor, value, condition, range).
+
+        Returns:
+            ``{"list": [{"group", "number_of_users"}], "startKey", "endOfList"}``
+
+        Raises:
+            RealtimeError: the hub's code and message when it refuses the query; ERROR when
+                the hub cannot be reached.
+        """
+        if params is not None and not isinstance(params, Mapping):
+            raise RealtimeError(Codes.INVALID_PARAMETER, '"params" must be an object or null.')
+        body = {**(params or {}), **_fetch_body(fetch_options)}
+        return await self._post("/api/realtime/groups", body)
+
+    async def get_realtime_users(
+        self,
+        group: str | None = None,
+        user_id: str | None = None,
+        fetch_options: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """List the connections in ``group`` (default: the first joined group).
+
+        Returns:
+            ``{"list": [{"user_id", "connection_id"}], "startKey", "endOfList"}``
+
+        Raises:
+            RealtimeError: INVALID_REQUEST when no group is given or joined; the hub's code
+                and message when it refuses the query; ERROR when it cannot be reached.
+        """
+        group = group or (self._groups[0] if self._groups else None)
+        if group is None:
+            raise RealtimeError(
+                Codes.INVALID_REQUEST, 'No group has been joined. Otherwise "group" is required.'
+            )
+        body: dict[str, Any] = {"group": group, **_fetch_body(fetch_options)}
+        if user_id is not None:
+            body["user_id"] = user_id
+        return await self._post("/api/realtime/users", body)
+
+    async def close_realtime(self) -> None:
+        """Stop reconnecting, close the connection and emit ``close``; safe to call twice."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            if not runner.done():
+                runner.cancel()
+                await asyncio.wait([runner])
+            self._finish()
+            await self._drain_callback()
+        await self._close_http()
+
+    # -- hooks for calls (rtc) -----------------------------------------------------------------
+
+    def set_rtc_handler(self, handler: RtcHandler | None) -> None:
+        """Route ``#rtc`` frames to ``handler``; it runs on the reader, so it must not block."""
+        self._rtc_handler = handler
+
+    def on_rtc_frame(self, frame: HubFrame) -> None:
+        """Handle one ``#rtc`` frame: the registered handler's, else dropped. Overridable."""
+        if self._rtc_handler is None:
+            log.debug("no rtc handler; dropped an rtc frame from %s", frame.scid)
+            return
+        self._rtc_handler(frame)
+
+    async def send_rtc(self, cid: str, content: dict[str, Any]) -> None:
+        """Send an ``rtc`` signaling frame to connection ``cid`` (``cid:...``).
+
+        Raises:
+            RealtimeError: INVALID_REQUEST with the reference's texts when there is no open
+                connection; INVALID_PARAMETER when the frame is malformed.
+        """
+        self._require_connection()
+        if self._state is not ConnectionState.OPEN:
+            raise RealtimeError(Codes.INVALID_REQUEST, Texts.NOT_OPEN)
+        action = Rtc(scid_of(cid), content)
+        _check_action(action)
+        await self._send(action)
+
+    def emit(self, message: RealtimeMessage) -> None:
+        """Deliver ``message`` to the callback and every stream (never blocks)."""
+        if self._callback_queue is not None:
+            self._callback_queue.put(message)
+        for stream in list(self._streams):
+            stream.feed(message)
+
+    # -- connection loop ---------------------------------------------------------------------
+
+    def _start(self, callback: Callback) -> None:
+        loop = asyncio.get_running_loop()
+        self._first_attempt = loop.create_future()
+        self._callback_queue = _MessageQueue(_CALLBACK_QUEUE)
+        self._dispatcher = loop.create_task(self._deliver(self._callback_queue, callback))
+        self._set_state(ConnectionState.CONNECTING)
+        self._runner = loop.create_task(self._supervise(), name=f"realtime {self._url}")
+
+    async def _supervise(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug: report it and close rather than die silently
+            log.exception("realtime connection loop failed")
+            self._give_up(exc)
+
+    async def _run(self) -> None:
+        delays = self._backoff()
+        attempt = 0
+        error: Exception
+        while True:
+            try:
+                ws = await self._open()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every failure is classified just below
+                error = exc
+            else:
+                attempt = 0
+                error, lived = await self._serve(ws)
+                if lived >= _STABLE_SECONDS:
+                    delays = self._backoff()
+            self._settle_first_attempt(error)
+            verdict = retry.classify(error)
+            if verdict is retry.Verdict.GIVE_UP:
+                self._give_up(error)
+                return
+            delay = (
+                next(delays)
+                if verdict is retry.Verdict.RETRY
+                else retry.capped_delay(self._refused_delay)
+            )
+            attempt += 1
+            self._set_state(ConnectionState.RECONNECTING)
+            self._report_retry(error, delay, attempt)
+            await asyncio.sleep(delay)
+
+    async def _open(self) -> ClientConnection:
+        return await connect(
+            _with_token(self._url, self._token),
+            open_timeout=self._open_timeout,
+            close_timeout=_CLOSE_SECONDS,
+            ssl=self._ssl if self._url.startswith("wss:") else None,
+            logger=_RedactingLogger(logging.getLogger("websockets.client"), {}),
+            # A hub on the LAN or loopback must not be reached through a proxy from the
+            # environment; a deployment that needs one sets it up in front of the hub.
+            proxy=None,
+        )
+
+    async def _serve(self, ws: ClientConnection) -> tuple[Exception, float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        keepalive = loop.create_task(self._keep_alive(ws))
+        try:
+            await self._on_open(ws)
+            return await self._read(ws), loop.time() - started
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a failed send while rejoining ends this connection
+            return exc, loop.time() - started
+        finally:
+            self._ws = None
+            keepalive.cancel()
+            await asyncio.wait([keepalive])
+            await ws.close()
+
+    async def _on_open(self, ws: ClientConnection) -> None:
+        # Under the lock, so that a join racing with the rejoin is either part of it or
+        # sent after it; OPEN only once rejoined, so no post reaches a group not yet joined.
+        async with self._join_lock:
+            self._ws = ws
+            for index, group in enumerate(self._groups):
+                await ws.send(encode_client_action(JoinRoom(group, keep=index > 0)))
+            self._set_state(ConnectionState.OPEN)
+        self._settle_first_attempt(None)
+        self.emit(RealtimeMessage(MessageType.SUCCESS, _CONNECTED_TEXT))
+
+    async def _read(self, ws: ClientConnection) -> ConnectionClosed:
+        while True:
+            try:
+                raw = await ws.recv()
+            except ConnectionClosed as exc:
+                return exc
+            if isinstance(raw, str):
+                self._dispatch(raw)
+            else:
+                log.debug("dropped a binary frame of %d bytes from the hub", len(raw))
+
+    def _dispatch(self, raw: str) -> None:
+        frame = parse_hub_frame(raw)
+        if isinstance(frame, ProtocolError):
+            log.warning("dropped a frame from the hub: %s", frame.message)
+            return
+        if frame.kind is FrameKind.RTC:
+            try:
+                self.on_rtc_frame(frame)
+            except Exception:
+                log.exception("rtc handler failed")
+            return
+        message = message_from_frame(frame)
+        if message is not None:
+            self.emit(message)
+
+    async def _keep_alive(self, ws: ClientConnection) -> None:
+        frame = encode_client_action(KeepAlive())
+        while True:
+            await asyncio.sleep(self._keepalive_interval)
+            try:
+                await ws.send(frame)
+            except ConnectionClosed:
+                return
+
+    def _report_retry(self, error: Exception, delay: float, attempt: int) -> None:
+        reason = _describe(error)
+        code = retry.refusal_code(error)
+        if code is not None:
+            log.warning("hub refused the connection (%s): %s", code, reason)
+            self.emit(RealtimeMessage(MessageType.ERROR, reason, code=code))
+        else:
+            log.info("hub connection: %s; retrying in %.1f s", reason, delay)
+        text = f"{reason}; reconnecting in {delay:.1f} s (attempt {attempt})."
+        self.emit(RealtimeMessage(MessageType.RECONNECT, text))
+
+    def _settle_first_attempt(self, error: Exception | None) -> None:
+        first = self._first_attempt
+        if first is None or first.done():
+            return
+        fatal = error is not None and retry.classify(error) is retry.Verdict.GIVE_UP
+        first.set_result(error if fatal else None)
+
+    def _give_up(self, error: Exception) -> None:
+        log.error("hub connection given up: %s", _describe(error))
+        self.emit(RealtimeMessage(MessageType.ERROR, Texts.CONNECTION_ERROR, code=Codes.ERROR))
+        self._settle_first_attempt(error)
+        self._finish()
+
+    def _finish(self) -> None:
+        # Whoever waits in connect_realtime() returns: the client was closed meanwhile.
+        self._settle_first_attempt(None)
+        self._groups.clear()
+        if self._state is not ConnectionState.CLOSED:
+            self._set_state(ConnectionState.CLOSED)
+            self.emit(RealtimeMessage(MessageType.CLOSE, _CLOSED_TEXT))
+
+    def _set_state(self, state: ConnectionState) -> None:
+        if state is not self._state:
+            log.debug("realtime %s: %s -> %s", self._url, self._state.value, state.value)
+            self._state = state
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    async def _deliver(self, queue: _MessageQueue, callback: Callback) -> None:
+        while True:
+            message = await queue.get()
+            try:
+                result = callback(message)
+                if inspect.isawaitable(result):
+                    await result
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("realtime callback failed on a %s message", message.type)
+            if message.type is MessageType.CLOSE:
+                return
+
+    async def _drain_callback(self) -> None:
+        dispatcher, self._dispatcher = self._dispatcher, None
+        self._callback_queue = None
+        if dispatcher is None or dispatcher is asyncio.current_task():
+            return
+        _done, pending = await asyncio.wait([dispatcher], timeout=_DRAIN_SECONDS)
+        if pending:
+            log.warning("realtime callback still busy after close; cancelling it")
+            dispatcher.cancel()
+            await asyncio.wait([dispatcher])
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _require_connection(self) -> None:
+        if self._runner is None or self._state is ConnectionState.CLOSED:
+            raise RealtimeError(Codes.INVALID_REQUEST, Texts.NO_CONNECTION)
+
+    async def _leave_all(self) -> dict[str, str]:
+        async with self._join_lock:
+            if self._groups:
+                self._groups.clear()
+                await self._send_if_open(JoinRoom(None))
+        return {"type": "success", "message": _LEFT_ALL_TEXT}
+
+    async def _send_if_open(self, action: ClientAction) -> None:
+        # Group changes are remembered either way: a closed connection is rejoined with
+        # the current groups when it reopens.
+        if self._state is ConnectionState.OPEN:
+            with contextlib.suppress(RealtimeError):
+                await self._send(action)
+
+    async def _send(self, action: ClientAction) -> None:
+        try:
+            text = encode_client_action(action)
+        except (TypeError, ValueError) as exc:
+            raise RealtimeError(
+                Codes.INVALID_PARAMETER, f"Message must be JSON-serializable: {exc}"
+            ) from exc
+        size = len(text.encode())
+        if size > self._max_frame_bytes:
+            raise RealtimeError(
+                Codes.INVALID_PARAMETER,
+                f"Message frame is {size} bytes; the hub accepts up to {self._max_frame_bytes}.",
+            )
+        ws = self._ws
+        if ws is None:
+            raise RealtimeError(Codes.INVALID_REQUEST, Texts.NOT_OPEN)
+        try:
+            await ws.send(text)
+        except ConnectionClosed as exc:
+            raise RealtimeError(Codes.INVALID_REQUEST, Texts.NOT_OPEN) from exc
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        url = self._http_url + path
+        try:
+            async with self._http().post(
+                url,
+                json=body,
+                headers={"Authorization": f"Bearer {self._token}"},
+                ssl=self._ssl if self._ssl is not None else True,
+            ) as response:
+                status, raw = response.status, await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RealtimeError(
+                Codes.ERROR,
+                f"Cannot reach the hub at {self._http_url}: {str(exc) or type(exc).__name__}",
+            ) from exc
+        payload = _json_or_none(raw)
+        if status >= 400:
+            raise _http_error(status, payload)
+        if not isinstance(payload, dict) or not isinstance(payload.get("list"), list):
+            raise RealtimeError(Codes.ERROR, f"The hub's answer to {path} has no list.")
+        return payload
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._http_session is not None:
+            return self._http_session
+        if self._own_session is None or self._own_session.closed:
+            timeout = aiohttp.ClientTimeout(total=self._request_timeout)
+            self._own_session = aiohttp.ClientSession(timeout=timeout)
+        return self._own_session
+
+    async def _close_http(self) -> None:
+        session, self._own_session = self._own_session, None
+        if session is not None:
+            await session.close()
+
+
+class _MessageQueue:
+    """A bounded queue that drops its oldest message when full and counts the drops."""
+
+    def __init__(self, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be >= 1, got {maxsize}")
+        self._items: deque[RealtimeMessage] = deque()
+        self._maxsize = maxsize
+        self._dropped = 0
+        self._ready = asyncio.Event()
+
+    def put(self, message: RealtimeMessage) -> None:
+        if len(self._items) >= self._maxsize:
+            self._items.popleft()
+            self._dropped += 1
+        self._items.append(message)
+        self._ready.set()
+
+    async def get(self) -> RealtimeMessage:
+        while not self._items and not self._dropped:
+            self._ready.clear()
+            await self._ready.wait()
+        if self._dropped:
+            dropped, self._dropped = self._dropped, 0
+            return RealtimeMessage(
+                MessageType.ERROR,
+                f"{dropped} message(s) dropped: the consumer fell behind "
+                f"(queue of {self._maxsize}).",
+                code=DROPPED_CODE,
+            )
+        return self._items.popleft()
+
+
+class _RedactingLogger(logging.LoggerAdapter[logging.Logger]):
+    """Hands records to ``websockets``' logger with the token removed from the text."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if self.isEnabledFor(level):
+            try:
+                text = str(msg) % args if args else str(msg)
+            except (TypeError, ValueError):
+                text = f"{msg} {args}"
+            self.logger.log(level, _TOKEN_RE.sub(r"\1********", text), **kwargs)
+
+
+_FRAME_TYPES: Final = {
+    FrameKind.MESSAGE: MessageType.MESSAGE,
+    FrameKind.PRIVATE: MessageType.PRIVATE,
+    FrameKind.NOTICE: MessageType.NOTICE,
+    FrameKind.ERROR: MessageType.ERROR,
+}
+
+
+def _error_message(frame: HubFrame) -> RealtimeMessage:
+    content = frame.content
+    if isinstance(content, dict):
+        code = content.get("code") if isinstance(content.get("code"), str) else frame.code
+        return RealtimeMessage(MessageType.ERROR, content.get("message", content), code=code)
+    return RealtimeMessage(MessageType.ERROR, content, code=frame.code)
+
+
+def _check_ws_url(url: str) -> str:
+    parts = urlsplit(url) if isinstance(url, str) else None
+    try:
+        port_ok = parts is not None and (parts.port is None or parts.port > 0)
+    except ValueError:  # a port that is not a number or out of range
+        port_ok = False
+    if not port_ok or parts is None or parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise RealtimeError(
+            Codes.INVALID_PARAMETER, f'"url" must be ws[s]://HOST[:PORT]/ws, got {url!r}.'
+        )
+    if "token=" in parts.query:
+        raise RealtimeError(Codes.INVALID_PARAMETER, 'Pass the token as token=..., not in "url".')
+    return url
+
+
+def _http_base(ws_url: str) -> str:
+    parts = urlsplit(ws_url)
+    path = parts.path.rstrip("/")
+    path = path.removesuffix("/ws")
+    scheme = "https" if parts.scheme == "wss" else "http"
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def _with_token(ws_url: str, token: str) -> str:
+    parts = urlsplit(ws_url)
+    query = [*parse_qsl(parts.query), ("token", token)]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _check_action(action: ClientAction) -> None:
+    """Refuse locally what the hub's parser would refuse (same code, same limits)."""
+    parsed = parse_client_frame(encode_client_action(action))
+    if isinstance(parsed, ProtocolError):
+        raise RealtimeError(parsed.code, parsed.message)
+
+
+def _notification(value: Mapping[str, Any] | Notification | None) -> Notification | None:
+    if value is None or isinstance(value, Notification):
+        return value
+    if not isinstance(value, Mapping):
+        raise RealtimeError(Codes.INVALID_PARAMETER, '"notification" must be {title, body}.')
+    title, body = value.get("title", ""), value.get("body", "")
+    config = value.get("config") or {}
+    if not isinstance(title, str) or not isinstance(body, str) or not isinstance(config, dict):
+        raise RealtimeError(Codes.INVALID_PARAMETER, '"notification" must be {title, body}.')
+    return Notification(title, body, always=config.get("always") is True)
+
+
+def _fetch_body(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise RealtimeError(Codes.INVALID_PARAMETER, '"fetch_options" must be an object.')
+    unknown = sorted(set(options) - set(_FETCH_KEYS))
+    if unknown:
+        raise RealtimeError(
+            Codes.INVALID_PARAMETER,
+            f"Unknown fetch option(s): {', '.join(unknown)}. Use limit, startKey, ascending.",
+        )
+    return {_FETCH_KEYS[key]: value for key, value in options.items()}
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _http_error(status: int, payload: Any) -> RealtimeError:
+    if isinstance(payload, dict) and isinstance(payload.get("message"), str):
+        code = payload.get("code")
+        return RealtimeError(code if isinstance(code, str) else Codes.ERROR, payload["message"])
+    detail = payload.get("detail") if isinstance(payload, dict) else None
+    return RealtimeError(Codes.ERROR, f"The hub answered HTTP {status}: {detail or 'no detail'}.")
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, InvalidStatus):
+        payload = _json_or_none(bytes(error.response.body or b""))
+        said = payload.get("message") if isinstance(payload, dict) else None
+        status = error.response.status_code
+        return f"the hub refused the connection (HTTP {status})" + (f": {said}" if said else "")
+    if isinstance(error, ConnectionClosed):
+        close = error.rcvd
+        if close is None:
+            return "the connection was lost"
+        reason = f" {close.reason}" if close.reason else ""
+        return f"the hub closed the connection ({close.code}{reason})"
+    if isinstance(error, TimeoutError):
+        return "the hub did not answer in time"
+    if isinstance(error, OSError):
+        return f"cannot reach the hub: {error.strerror or error}"
+    # Never str() an arbitrary error here: some carry the URL, and the URL carries the token.
+    return f"connection failed ({type(error).__name__})"

@@ -1,0 +1,203 @@
+"""`edge-agent run` as a real process against a real hub on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import stat
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent import RealtimeClient
+from agent.client import RealtimeMessage
+from agent.hub.accounts import AccountStore, Role
+from agent.hub.tokens import TokenIssuer
+
+ROOT = Path(__file__).resolve().parent.parent
+URL_RE = re.compile(r"https?://127\.0\.0\.1:\d+")
+
+
+def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    for key in ("STATE_DIRECTORY", "JOURNAL_STREAM", "NOTIFY_SOCKET", "WATCHDOG_USEC"):
+        env.pop(key, None)
+    env["XDG_STATE_HOME"] = str(tmp_path / "xdg")
+    env.update(extra)
+    return env
+
+
+async def start(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agent.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+async def read_url(proc: asyncio.subprocess.Process, stream: str) -> str:
+    """The first http URL the process prints on ``stream`` (stdout or stderr)."""
+    reader = proc.stdout if stream == "stdout" else proc.stderr
+    assert reader is not None
+    seen = []
+    async with asyncio.timeout(60):
+        while line := (await reader.readline()).decode():
+            seen.append(line)
+            if found := URL_RE.search(line):
+                return found.group(0)
+    raise AssertionError("process ended before printing its URL:\n" + "".join(seen))
+
+
+async def stop(proc: asyncio.subprocess.Process) -> int:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):
+        _, err = await proc.communicate()
+    assert b"Traceback" not in err, err.decode()
+    assert proc.returncode is not None
+    return proc.returncode
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def mint(state_dir: Path, name: str, role: Role = Role.USER) -> tuple[str, str]:
+    """An account and a token for it, made in the hub's state directory."""
+    store = AccountStore(state_dir / "accounts.db")
+    try:
+        account = store.get_by_name(name) or store.add(name, None, role)
+    finally:
+        store.close()
+    return account.user_id, TokenIssuer.from_state_dir(state_dir).issue(account, 3600)
+
+
+@pytest.fixture
+async def watcher_factory() -> AsyncIterator[list[RealtimeClient]]:
+    clients: list[RealtimeClient] = []
+    yield clients
+    for client in clients:
+        await client.close_realtime()
+
+
+async def next_message(
+    queue: asyncio.Queue[RealtimeMessage], kind: str, text: str = ""
+) -> RealtimeMessage:
+    async with asyncio.timeout(60):
+        while True:
+            message = await queue.get()
+            if message.type == kind and text in str(message.message):
+                return message
+
+
+async def test_run_with_embedded_hub_joins_groups_and_exits_0(
+    tmp_path: Path, watcher_factory: list[RealtimeClient]
+) -> None:
+    state = tmp_path / "state"
+    env = clean_env(
+        tmp_path,
+        EDGE_AGENT_NAME="porch-cam",
+        EDGE_AGENT_GROUPS='["home", "porch"]',
+        EDGE_AGENT_STATE_DIR=str(state),
+        EDGE_AGENT_HUB__PORT="0",
+    )
+    agent = await start("run", env=env)
+    try:
+        http_url = await read_url(agent, "stdout")
+        password_file = state / "admin-password"
+        assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+        viewer_id, token = mint(state, "viewer")
+        inbox: asyncio.Queue[RealtimeMessage] = asyncio.Queue()
+        viewer = RealtimeClient(http_url.replace("http", "ws") + "/ws", token=token)
+        watcher_factory.append(viewer)
+        await viewer.connect_realtime(inbox.put_nowait)
+        await viewer.join_realtime("porch")
+        device_id = await wait_for_member(viewer, inbox, "porch", viewer_id)
+        groups = await viewer.get_realtime_groups()
+        names = {g["group"]: g["number_of_users"] for g in groups["list"]}
+        assert names == {"home": 1, "porch": 2}
+        store = AccountStore(state / "accounts.db")
+        try:
+            device = store.get_by_name("porch-cam")
+        finally:
+            store.close()
+        assert device is not None
+        assert (device.role, device.user_id) == (Role.DEVICE, device_id)
+        # The password is kept out of everything the agent printed.
+        password = password_file.read_text().strip()
+    finally:
+        code = await stop(agent)
+    assert code == 0
+    assert password
+
+
+async def test_agent_stays_up_through_hub_restarts(
+    tmp_path: Path, watcher_factory: list[RealtimeClient]
+) -> None:
+    state = tmp_path / "hub-state"
+    port = free_port()
+    hub_args = ("hub", "--host", "127.0.0.1", "--port", str(port), "--state-dir", str(state))
+    hub_env = clean_env(tmp_path)
+    hub = await start(*hub_args, env=hub_env)
+    await read_url(hub, "stderr")
+    device_id, device_token = mint(state, "field-1", Role.DEVICE)
+    viewer_id, viewer_token = mint(state, "viewer")
+    agent = await start(
+        "run",
+        env=clean_env(
+            tmp_path,
+            EDGE_AGENT_NAME="field-1",
+            EDGE_AGENT_GROUPS='["site"]',
+            EDGE_AGENT_CONNECT__URL=f"ws://127.0.0.1:{port}/ws",
+            EDGE_AGENT_CONNECT__TOKEN=device_token,
+            EDGE_AGENT_STATE_DIR=str(tmp_path / "agent-state"),
+        ),
+    )
+    try:
+        for _round in range(2):
+            inbox: asyncio.Queue[RealtimeMessage] = asyncio.Queue()
+            viewer = RealtimeClient(f"ws://127.0.0.1:{port}/ws", token=viewer_token)
+            watcher_factory.append(viewer)
+            await viewer.connect_realtime(inbox.put_nowait)
+            await viewer.join_realtime("site")
+            assert await wait_for_member(viewer, inbox, "site", viewer_id) == device_id
+            # The hub goes away and comes back on the same port with the same state.
+            assert await stop(hub) == 0
+            await next_message(inbox, "reconnect")
+            hub = await start(*hub_args, env=hub_env)
+            await read_url(hub, "stderr")
+            await next_message(inbox, "success")
+            assert await wait_for_member(viewer, inbox, "site", viewer_id) == device_id
+            await viewer.close_realtime()
+        assert agent.returncode is None  # still running after two hub restarts
+    finally:
+        agent_code = await stop(agent)
+        await stop(hub)
+    assert agent_code == 0
+
+
+async def wait_for_member(
+    client: RealtimeClient, inbox: asyncio.Queue[RealtimeMessage], group: str, me: str
+) -> str:
+    """The user id of the other member of ``group``: listed now, or announced when it joins."""
+    users = await client.get_realtime_users(group=group)
+    others = [u["user_id"] for u in users["list"] if u["user_id"] != me]
+    if others:
+        return others[0]
+    while True:
+        notice = await next_message(inbox, "notice", "has joined the message group")
+        if notice.sender not in (None, me):
+            return notice.sender
