@@ -9,24 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import secrets
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError, EdgeAgentError
+from agent.systemd import AgentStatus, HubLink, Notifier, StatusBoard, start_watchdog
 
 if TYPE_CHECKING:
     from agent.client import RealtimeClient
     from agent.config import Settings
     from agent.hub.server import HubServer
 
-__all__ = ["Agent", "AgentState", "run_agent"]
+__all__ = ["Agent", "run_agent"]
 
 log = logging.getLogger(__name__)
 
@@ -34,36 +33,6 @@ log = logging.getLogger(__name__)
 # a restart mints a new one.
 _EMBEDDED_TOKEN_TTL = 365 * 24 * 3600
 _ADMIN_PASSWORD_FILE = "admin-password"  # noqa: S105 (a file name, not a password)
-
-
-class AgentState(enum.Enum):
-    """Where the agent's hub connection stands."""
-
-    STARTING = "starting"
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    RETRYING = "retrying"
-    STOPPING = "stopping"
-
-
-@dataclass
-class _Status:
-    """What STATUS= and ``edge-agent status`` report, in words."""
-
-    state: AgentState = AgentState.STARTING
-    groups: list[str] = field(default_factory=list)
-    hub: str = ""
-
-    def text(self) -> str:
-        words = {
-            AgentState.STARTING: "starting",
-            AgentState.CONNECTING: f"connecting to {self.hub}",
-            AgentState.CONNECTED: f"hub connected ({self.hub})",
-            AgentState.RETRYING: f"hub unreachable, retrying ({self.hub})",
-            AgentState.STOPPING: "stopping",
-        }[self.state]
-        groups = ", ".join(self.groups) or "none"
-        return f"{words}; groups: {groups}"
 
 
 class Agent:
@@ -75,26 +44,19 @@ class Agent:
         *,
         config_path: Path | None = None,
         reload_settings: Callable[[], Settings] | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.config_path = config_path
         self._reload_settings = reload_settings
-        self.status = _Status(groups=list(settings.groups))
+        # Children (exec video sources) must not inherit the notify socket.
+        self.notifier = notifier or Notifier.from_environ(unset=True)
+        self.board = StatusBoard(self.notifier, AgentStatus(groups=tuple(settings.groups)))
         self.client: RealtimeClient | None = None
         self.hub: HubServer | None = None
         self._stop = asyncio.Event()
         self._connected = asyncio.Event()
-        self._status_listeners: list[Callable[[str], None]] = []
-        self._notifier: Any = None
-
-    @property
-    def state(self) -> AgentState:
-        """The hub connection's state."""
-        return self.status.state
-
-    def on_status(self, listener: Callable[[str], None]) -> None:
-        """Call ``listener`` with the status text whenever it changes."""
-        self._status_listeners.append(listener)
+        self._watchdog: asyncio.Task[None] | None = None
 
     def request_stop(self) -> None:
         """Ask the agent to shut down (signal handlers call this)."""
@@ -108,9 +70,10 @@ class Agent:
         """Run until :meth:`request_stop`; always closes what it opened."""
         try:
             url, token = await self._hub_endpoint()
-            self.status.hub = url
+            # READY=1 once local parts are up; the hub may be down and is retried.
+            self.notifier.ready(self.board.text)
+            self._watchdog = start_watchdog(self.notifier)
             await self._connect(url, token)
-            self._notify("READY=1")
             await self._stop.wait()
         finally:
             await self._shutdown()
@@ -119,17 +82,19 @@ class Agent:
         """Re-read settings; join and leave groups that changed, keep everything else."""
         if self._reload_settings is None:
             return
-        self._notify("RELOADING=1")
+        self.notifier.reloading("reloading settings")
         try:
             new = self._reload_settings()
         except ConfigError as exc:
             log.error("reload refused, keeping the running settings: %s", exc)  # noqa: TRY400
-            self._notify("READY=1")
+            self.board.update(note=f"reload refused: {exc}")
+            self.notifier.ready(self.board.text)
             return
         await self._apply_groups(list(new.groups))
         self.settings = new
-        log.info("settings reloaded from %s", self.config_path or "environment")
-        self._notify("READY=1")
+        log.info("settings reloaded from %s", self.config_path or "the environment")
+        self.board.update(note=None)
+        self.notifier.ready(self.board.text)
 
     # -- hub connection --------------------------------------------------------------------
 
@@ -175,7 +140,7 @@ class Agent:
         from agent.client import RealtimeClient
 
         self.client = RealtimeClient(url, token=token)
-        self._set_state(AgentState.CONNECTING)
+        self._set_link(HubLink.CONNECTING)
         await self.client.connect_realtime(self._on_message)
         for index, group in enumerate(self.settings.groups):
             await self.client.join_realtime(group, keep=index > 0)
@@ -184,52 +149,45 @@ class Agent:
         client = self.client
         if client is None:
             return
-        current = self.status.groups
+        current = client.groups
         for group in [g for g in current if g not in wanted]:
             await client.leave_realtime(group)
         for group in [g for g in wanted if g not in current]:
             await client.join_realtime(group, keep=True)
-        self.status.groups = list(wanted)
-        self._publish_status()
+        log.info("groups now: %s", ", ".join(wanted) or "none")
+        self.board.update(groups=wanted)
 
     def _on_message(self, message: Any) -> None:
         kind = getattr(message, "type", None)
         if kind == "success":
             self._connected.set()
-            self._set_state(AgentState.CONNECTED)
+            self._set_link(HubLink.CONNECTED)
         elif kind == "reconnect":
             self._connected.clear()
-            self._set_state(AgentState.RETRYING)
+            self._set_link(HubLink.RETRYING)
         elif kind == "error":
             log.warning("hub: %s", getattr(message, "message", message))
 
     # -- status and shutdown ---------------------------------------------------------------
 
-    def _set_state(self, state: AgentState) -> None:
-        if state is self.status.state:
-            return
-        log.info("agent %s -> %s", self.status.state.value, state.value)
-        self.status.state = state
-        self._publish_status()
-
-    def _publish_status(self) -> None:
-        text = self.status.text()
-        self._notify(f"STATUS={text}")
-        for listener in self._status_listeners:
-            listener(text)
-
-    def _notify(self, message: str) -> None:
-        if self._notifier is not None:
-            self._notifier.send(message)
+    def _set_link(self, link: HubLink) -> None:
+        old = self.board.status.hub
+        if link is not old:
+            log.info("hub link %s -> %s", old.value, link.value)
+            self.board.update(hub=link)
 
     async def _shutdown(self) -> None:
-        self._set_state(AgentState.STOPPING)
-        self._notify("STOPPING=1")
+        self.notifier.stopping("stopping")
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
         if self.client is not None:
             with contextlib.suppress(EdgeAgentError):
                 await self.client.close_realtime()
         if self.hub is not None:
             await self.hub.stop()
+        self.notifier.close()
 
 
 def run_agent(settings: Settings, *, config_path: Path | None = None) -> int:
