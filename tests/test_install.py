@@ -1,0 +1,210 @@
+"""scripts/install.sh into scratch roots: the files it makes, idempotence, uninstall."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_settings
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+INSTALL = CHECKOUT / "scripts" / "install.sh"
+# Debian's interpreter, as on the device; it brings setuptools and wheel for the offline build.
+DEBIAN_PYTHON = "/usr/bin/python3"
+HOST_ACCOUNTS = ("/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow")
+
+
+def install(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        ["bash", str(INSTALL), "--root", str(root), "--python", DEBIAN_PYTHON, *args],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def tree(root: Path) -> dict[str, tuple[int, str]]:
+    """Every path under ``root`` with its mode and content hash (or link target)."""
+    found: dict[str, tuple[int, str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                what = "-> " + os.readlink(path)
+            elif stat.S_ISREG(st.st_mode):
+                what = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                what = ""
+            found[str(path.relative_to(root))] = (st.st_mode, what)
+    return found
+
+
+def host_accounts() -> dict[str, str]:
+    return {
+        name: hashlib.sha256(Path(name).read_bytes()).hexdigest()
+        for name in HOST_ACCOUNTS
+        if Path(name).exists()
+    }
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def snapshot(tmp_path: Path) -> Path:
+    """A still copy of the checkout, so edits made meanwhile cannot change the project."""
+    source = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("agent", "systemd"):
+        shutil.copytree(CHECKOUT / name, source / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        if (CHECKOUT / name).exists():
+            shutil.copy2(CHECKOUT / name, source / name)
+    return source
+
+
+def test_install_with_pip_into_a_scratch_root_twice(tmp_path: Path) -> None:
+    accounts = host_accounts()
+    root, source = tmp_path / "root", snapshot(tmp_path)
+    first = install(root, "--pip-offline", "--source", str(source))
+    after_first = tree(root)
+    second = install(root, "--pip-offline", "--source", str(source))
+
+    assert tree(root) == after_first  # nothing changed: not a byte, not a mode
+    assert "project unchanged since the last install" in second.stdout
+    assert "kept existing" in second.stdout
+    # The project is really installed, from this checkout, with its command.
+    venv = root / "opt/edge-agent/venv"
+    assert os.access(venv / "bin/edge-agent", os.X_OK)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    for module in ("systemd.py", "logs.py", "config.py"):
+        assert (site / "agent" / module).read_bytes() == (source / "agent" / module).read_bytes()
+    assert "installed the project" in first.stdout
+    # A scratch root is not this machine: its users and packages are left alone.
+    assert "skipping accounts; the system needs user edge-agent" in first.stdout
+    assert "skipping apt" in first.stdout
+    assert host_accounts() == accounts
+
+
+def test_installed_files_and_modes(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    install(root, "--no-venv")
+    etc = root / "etc/edge-agent"
+    assert mode(etc) == 0o750
+    for name in ("agent.toml", "hub.toml"):
+        assert mode(etc / name) == 0o640
+    units = root / "etc/systemd/system"
+    for unit in ("edge-agent.service", "edge-hub.service"):
+        assert mode(units / unit) == 0o644
+        assert (units / unit).read_text() == (CHECKOUT / "systemd" / unit).read_text()
+    wants = units / "multi-user.target.wants"
+    assert os.readlink(wants / "edge-agent.service") == "/etc/systemd/system/edge-agent.service"
+    assert not (wants / "edge-hub.service").exists()  # the hub only with --hub
+    assert not (root / "opt/edge-agent").exists()  # --no-venv
+
+
+def test_starter_settings_load(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    install(root, "--no-venv", "--no-enable")
+    agent = load_settings(root / "etc/edge-agent/agent.toml")
+    assert agent.groups == ["devices"]
+    assert agent.connect.url is None
+    assert agent.log_level == "info"
+    hub = load_settings(root / "etc/edge-agent/hub.toml")
+    assert hub.hub.host == "127.0.0.1"
+
+
+def test_prefix_and_hub_options(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    install(root, "--skip-pip", "--prefix", "/srv/edge", "--hub")
+    units = root / "etc/systemd/system"
+    assert (
+        "ExecStart=/srv/edge/venv/bin/edge-agent run --config /etc/edge-agent/agent.toml"
+        in (units / "edge-agent.service").read_text()
+    )
+    assert "/opt/edge-agent" not in (units / "edge-hub.service").read_text()
+    assert (units / "multi-user.target.wants/edge-hub.service").is_symlink()
+    assert (root / "srv/edge/venv/bin/python").exists()
+
+
+def test_existing_settings_are_never_overwritten(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    settings = root / "etc/edge-agent/agent.toml"
+    settings.parent.mkdir(parents=True)
+    settings.write_text('name = "mine"\n')
+    settings.chmod(0o600)
+    result = install(root, "--no-venv", "--no-enable")
+    assert settings.read_text() == 'name = "mine"\n'
+    assert mode(settings) == 0o600
+    assert f"kept existing {settings}" in result.stdout
+
+
+def test_rerun_repairs_an_edited_unit(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    install(root, "--no-venv")
+    unit = root / "etc/systemd/system/edge-agent.service"
+    unit.write_text("[Service]\nExecStart=/bin/false\n")
+    result = install(root, "--no-venv")
+    assert unit.read_text() == (CHECKOUT / "systemd/edge-agent.service").read_text()
+    assert f"installed {unit}" in result.stdout
+
+
+def test_uninstall_keeps_settings_and_purge_removes_them(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    install(root, "--skip-pip", "--hub")
+    assert (root / "opt/edge-agent/venv").is_dir()
+    state = root / "var/lib/edge-agent"
+    state.mkdir(parents=True)  # what systemd's StateDirectory= would have made
+    (state / "outbox.db").write_bytes(b"")
+
+    install(root, "--uninstall")
+    units = root / "etc/systemd/system"
+    assert not (units / "edge-agent.service").exists()
+    assert not (units / "edge-hub.service").exists()
+    assert not (units / "multi-user.target.wants/edge-agent.service").is_symlink()
+    assert not (units / "multi-user.target.wants/edge-hub.service").is_symlink()
+    assert not (root / "opt/edge-agent").exists()
+    assert (root / "etc/edge-agent/agent.toml").exists()
+    assert (state / "outbox.db").exists()
+
+    install(root, "--uninstall", "--purge")
+    assert not (root / "etc/edge-agent").exists()
+    assert not state.exists()
+    install(root, "--uninstall", "--purge")  # nothing left to remove is not an error
+
+
+def test_uninstall_leaves_a_prefix_it_did_not_make(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    foreign = root / "opt/other"
+    foreign.mkdir(parents=True)
+    (foreign / "data").write_text("keep me")
+    result = install(root, "--uninstall", "--prefix", "/opt/other", check=False)
+    assert result.returncode != 0
+    assert "does not look like an edge-agent install" in result.stderr
+    assert (foreign / "data").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prefix", "opt/x"], "--prefix must be absolute"),
+        (["--purge"], "--purge goes with --uninstall"),
+        (["--frobnicate"], "unknown option: --frobnicate"),
+    ],
+)
+def test_bad_options_are_named(tmp_path: Path, args: list[str], message: str) -> None:
+    result = install(tmp_path / "root", *args, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not (tmp_path / "root/etc").exists()
