@@ -51,7 +51,9 @@ from pydantic_settings import (
 )
 
 from agent.errors import ConfigError
+from agent.events.settings import EventRule, check_rules
 from agent.protocol import Limits, is_user_id
+from agent.sensors.settings import SensorsSettings, SerialPortSettings, check_port_names
 
 __all__ = [
     "ENV_CONFIG",
@@ -176,6 +178,15 @@ class Settings(BaseSettings):
     log_level: str = "info"
     connect: ConnectSettings = Field(default_factory=ConnectSettings)
     hub: HubSettings = Field(default_factory=HubSettings)
+    serial: list[SerialPortSettings] = Field(default_factory=list)
+    sensors: SensorsSettings = Field(default_factory=lambda: SensorsSettings.model_validate({}))
+    events: list[EventRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _rules_fit_ports(self) -> Settings:
+        check_port_names(self.serial)
+        check_rules(self.events, self.serial)
+        return self
 
     @classmethod
     def settings_customise_sources(

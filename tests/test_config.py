@@ -179,7 +179,7 @@ def test_settings_built_directly_ignore_the_environment(monkeypatch: pytest.Monk
         ('name = "x"\n\n[hub]\nhost = "h"\nprot = 9000\n', "hub.prot", 5, ["did you mean 'port'"]),
         ('nmae = "porch"\n', "nmae", 1, ["unknown setting", "did you mean 'name'"]),
         ("[hubb]\nport = 1\n", "hubb", 1, ["unknown setting 'hubb'", "did you mean 'hub'"]),
-        ("[[serial]]\nport = 1\n", "serial", 1, ["unknown setting 'serial' at the top level"]),
+        ("[[serials]]\nport = 1\n", "serials", 1, ["unknown setting 'serials' at the top level"]),
         ("[hub.limits]\nrate_burst = 0\n", "hub.limits.rate_burst", 2, ["greater than 0"]),
         (
             "[hub.limits]\nmax_content_bytes = 70000\n",
