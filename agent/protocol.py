@@ -65,6 +65,7 @@ _ENCODE_URI_SAFE: Final = ";,/?:@&=+$!*'()#"
 _UUID_RE: Final = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
 _RTC_KEYS: Final = frozenset({"sdpoffer", "sdpanswer", "candidate", "pickup", "hungup"})
 
 
@@ -230,7 +231,18 @@ def decode_frame_text(text: str) -> Any:
     stripped = text.lstrip()
     if not stripped.startswith(("{", "[")):
         stripped = unquote(stripped, errors="strict")
-    return json.loads(stripped)
+    value = json.loads(stripped)
+    # JSON may escape half of a UTF-16 surrogate pair ("\ud800"), which is no Unicode
+    # text at all: refuse it here rather than fail later when the frame is re-encoded.
+    if _SURROGATE_ESCAPE.search(stripped):
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise ValueError(
+                "it contains a lone UTF-16 surrogate (a \\ud800-\\udfff escape); "
+                "send valid Unicode"
+            ) from None
+    return value
 
 
 def parse_hub_frame(text: str) -> HubFrame | ProtocolError:

@@ -173,6 +173,23 @@ def test_bad_client_frames(text: str, code: str, needle: str) -> None:
     assert needle in err.message
 
 
+@pytest.mark.parametrize("escape", ["\\ud800", "\\uDFFF", "\\udbff x"])
+def test_lone_surrogates_are_refused_not_raised(escape: str) -> None:
+    text = '{"action":"broadcast","rid":"g","content":"' + escape + '"}'
+    err = _err(parse_client_frame(text))
+    assert (err.code, err.message) == (
+        Codes.INVALID_REQUEST,
+        "Frame is not valid JSON: it contains a lone UTF-16 surrogate "
+        "(a \\ud800-\\udfff escape); send valid Unicode",
+    )
+    assert _err(parse_hub_frame('{"#message":"' + escape + '"}')).code == Codes.INVALID_REQUEST
+
+
+def test_a_proper_surrogate_pair_is_fine() -> None:
+    text = '{"action":"broadcast","rid":"g","content":"\\ud83d\\ude00"}'
+    assert parse_client_frame(text) == Broadcast("g", "\U0001f600")
+
+
 def test_every_action_is_listed_in_the_unknown_action_text() -> None:
     err = _err(parse_client_frame('{"action":"nope"}'))
     for name in ("joinRoom", "leaveRoom", "keepAlive", "sendMessage", "broadcast", "rtc"):

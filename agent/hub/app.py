@@ -1,0 +1,376 @@
+"""The hub's ASGI application: JSON HTTP API (with OpenAPI), the realtime WebSocket, viewer.
+
+HTTP errors are ``{"code": ..., "message": ...}`` with a 4xx status, the reference's error
+shape. Authenticated routes take ``Authorization: Bearer JWT``; the token's account must
+still exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+from fastapi import Body, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+from starlette.staticfiles import StaticFiles
+
+from agent import __version__
+from agent.errors import AuthError, Codes, RealtimeError
+from agent.hub import listing
+from agent.hub.accounts import Account, AccountStore, Role
+from agent.hub.backplane import Backplane
+from agent.hub.connection import ASGISend
+from agent.hub.limits import LimitSettings
+from agent.hub.metrics import CONTENT_TYPE, HubMetrics
+from agent.hub.realtime import ASGIReceive, RealtimeEndpoint
+from agent.hub.tokens import TokenIssuer
+
+__all__ = [
+    "LOGIN_TOKEN_TTL_SECONDS",
+    "REALTIME_PATH",
+    "STATIC_DIR",
+    "HubApplication",
+    "HubServices",
+    "create_app",
+]
+
+LOGIN_TOKEN_TTL_SECONDS: Final = 24 * 3600
+REALTIME_PATH: Final = "/ws"
+STATIC_DIR: Final = Path(__file__).parent / "static"
+_STATUS_OF_CODE: Final = {
+    Codes.INVALID_PARAMETER: 400,
+    Codes.INVALID_REQUEST: 400,
+    Codes.UNAUTHORIZED: 401,
+    Codes.FORBIDDEN: 403,
+    Codes.NOT_FOUND: 404,
+    Codes.RATE_LIMITED: 429,
+}
+_CODE_OF_STATUS: Final = {v: k for k, v in _STATUS_OF_CODE.items()} | {
+    400: Codes.INVALID_REQUEST,
+    405: Codes.INVALID_REQUEST,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HubServices:
+    """What the application serves from."""
+
+    accounts: AccountStore
+    tokens: TokenIssuer
+    backplane: Backplane
+    metrics: HubMetrics
+    limits: LimitSettings
+    static_dir: Path = STATIC_DIR
+    login_ttl_seconds: int = LOGIN_TOKEN_TTL_SECONDS
+
+
+class ErrorBody(BaseModel):
+    """The error shape of every 4xx answer."""
+
+    code: str = Field(examples=["UNAUTHORIZED"])
+    message: str
+
+
+class LoginRequest(BaseModel):
+    """Credentials of an account."""
+
+    name: str = Field(max_length=64)
+    password: str = Field(max_length=1024)
+
+
+class Me(BaseModel):
+    """The account a token belongs to."""
+
+    user_id: str = Field(description="UUID; what the wire carries as #user_id.")
+    name: str
+    role: Role
+
+
+class LoginResponse(Me):
+    """A fresh token and whose it is."""
+
+    token: str
+    expires_at: int = Field(description="Unix time the token expires at.")
+
+
+_FETCH_OPTIONS: Final = {
+    "limit": "Page size, 1 to 1000 (default 50).",
+    "startKey": "The startKey of the previous page; omit for the first.",
+    "ascending": "Sort order (default true).",
+}
+
+
+class GroupsRequest(BaseModel):
+    """getRealtimeGroups parameters and FetchOptions; validated as the reference does."""
+
+    model_config = ConfigDict(extra="allow")
+
+    searchFor: Any = Field(None, json_schema_extra={"enum": ["group", "number_of_users"]})
+    value: Any = Field(None, json_schema_extra={"type": ["string", "number"]})
+    condition: Any = Field(
+        None,
+        json_schema_extra={
+            "enum": [">", ">=", "=", "<", "<=", "!=", "gt", "gte", "eq", "lt", "lte", "ne"]
+        },
+        description='">=" on a group name means "starts with".',
+    )
+    range: Any = Field(
+        None,
+        json_schema_extra={"type": ["string", "number"]},
+        description="Inclusive upper end of value..range; not with condition.",
+    )
+    limit: Any = Field(
+        None, json_schema_extra={"type": "integer"}, description=_FETCH_OPTIONS["limit"]
+    )
+    startKey: Any = Field(
+        None, json_schema_extra={"type": "string"}, description=_FETCH_OPTIONS["startKey"]
+    )
+    ascending: Any = Field(
+        None, json_schema_extra={"type": "boolean"}, description=_FETCH_OPTIONS["ascending"]
+    )
+
+
+class UsersRequest(BaseModel):
+    """getRealtimeUsers parameters and FetchOptions."""
+
+    model_config = ConfigDict(extra="allow")
+
+    group: Any = Field(None, json_schema_extra={"type": "string"})
+    user_id: Any = Field(None, json_schema_extra={"type": "string", "format": "uuid"})
+    limit: Any = Field(
+        None, json_schema_extra={"type": "integer"}, description=_FETCH_OPTIONS["limit"]
+    )
+    startKey: Any = Field(
+        None, json_schema_extra={"type": "string"}, description=_FETCH_OPTIONS["startKey"]
+    )
+    ascending: Any = Field(
+        None, json_schema_extra={"type": "boolean"}, description=_FETCH_OPTIONS["ascending"]
+    )
+
+
+class GroupItem(BaseModel):
+    """A group and its number of connections."""
+
+    group: str
+    number_of_users: int
+
+
+class UserItem(BaseModel):
+    """A connection in a group."""
+
+    user_id: str
+    connection_id: str = Field(examples=["cid:Qx3f0bX1c2d3e4f5"])
+
+
+_PAGE_CONFIG: Final = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class GroupsPage(BaseModel):
+    """A page of groups (the reference's DatabaseResponse)."""
+
+    model_config = _PAGE_CONFIG
+
+    items: list[GroupItem] = Field(alias="list")
+    start_key: str | None = Field(alias="startKey", description="Pass to get the next page.")
+    end_of_list: bool = Field(alias="endOfList")
+
+
+class UsersPage(BaseModel):
+    """A page of connections (the reference's DatabaseResponse)."""
+
+    model_config = _PAGE_CONFIG
+
+    items: list[UserItem] = Field(alias="list")
+    start_key: str | None = Field(alias="startKey", description="Pass to get the next page.")
+    end_of_list: bool = Field(alias="endOfList")
+
+
+class Health(BaseModel):
+    """Liveness and size of the hub."""
+
+    status: str
+    version: str
+    connections: int
+    groups: int
+
+
+_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
+    400: {"model": ErrorBody},
+    401: {"model": ErrorBody},
+}
+
+
+class HubApplication:
+    """The hub's ASGI app: ``/ws`` goes straight to the realtime endpoint, the rest to FastAPI.
+
+    The realtime path skips the HTTP middleware stack: its coroutine frames would cost every
+    open connection a few kilobytes, and every frame sent an extra await per layer.
+    """
+
+    def __init__(self, services: HubServices) -> None:
+        self.api = create_app(services)
+        self.realtime = RealtimeEndpoint(
+            backplane=services.backplane,
+            tokens=services.tokens,
+            accounts=services.accounts,
+            limits=services.limits,
+            metrics=services.metrics,
+        )
+
+    async def __call__(
+        self, scope: MutableMapping[str, Any], receive: ASGIReceive, send: ASGISend
+    ) -> None:
+        """Dispatch one ASGI connection."""
+        if scope["type"] == "websocket" and scope["path"] == REALTIME_PATH:
+            await self.realtime(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+
+def create_app(services: HubServices) -> FastAPI:
+    """The HTTP side of the hub for ``services``: JSON API, OpenAPI, viewer files."""
+    app = FastAPI(
+        title="edge-agent hub",
+        version=__version__,
+        description=f"Realtime hub: WebSocket {REALTIME_PATH}?token=JWT and this JSON API.",
+        docs_url=None,  # the interactive docs load scripts from a CDN; /openapi.json is enough
+        redoc_url=None,
+    )
+    _add_error_handlers(app)
+    _add_api_routes(app, services)
+    if services.static_dir.is_dir():
+        # Last, so that it only answers what no route above matched: the viewer at "/".
+        app.mount("/", StaticFiles(directory=services.static_dir, html=True))
+    return app
+
+
+_bearer = HTTPBearer(auto_error=False, description="A token from /api/login or `edge-agent token`.")
+
+
+async def _current_account(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Account:
+    """The account of the request's bearer token; ``AuthError`` (401) if there is none."""
+    services: HubServices = request.app.state.services
+    if credentials is None:
+        raise AuthError("Send the header 'Authorization: Bearer TOKEN'.", reason="missing")
+    claims = services.tokens.verify(credentials.credentials)
+    account = await asyncio.to_thread(services.accounts.get_by_id, claims.user_id)
+    if account is None:
+        raise AuthError("The token's account no longer exists.", reason="invalid")
+    return account
+
+
+Authed = Annotated[Account, Depends(_current_account)]
+
+
+def _add_api_routes(app: FastAPI, services: HubServices) -> None:
+    app.state.services = services
+
+    @app.post("/api/login", responses=_ERRORS, tags=["accounts"])
+    async def login(body: LoginRequest) -> LoginResponse:
+        """Exchange a name and password for a token."""
+        account = await asyncio.to_thread(
+            services.accounts.verify_password, body.name, body.password
+        )
+        if account is None:
+            raise AuthError("Wrong name or password.", reason="invalid")
+        token = services.tokens.issue(account, services.login_ttl_seconds)
+        expires_at = services.tokens.verify(token).expires_at
+        return LoginResponse(
+            token=token,
+            user_id=account.user_id,
+            name=account.name,
+            role=account.role,
+            expires_at=expires_at,
+        )
+
+    @app.get("/api/me", responses=_ERRORS, tags=["accounts"])
+    async def me(account: Authed) -> Me:
+        """The account of the bearer token."""
+        return Me(user_id=account.user_id, name=account.name, role=account.role)
+
+    @app.post("/api/realtime/groups", responses=_ERRORS, tags=["realtime"])
+    async def realtime_groups(
+        account: Authed, body: Annotated[GroupsRequest | None, Body()] = None
+    ) -> GroupsPage:
+        """getRealtimeGroups: list groups by name or by number of users, paged."""
+        params = _params(body)
+        query = listing.parse_group_query(params)
+        page = listing.parse_page_request(params)
+        result = listing.list_groups(query, await services.backplane.group_counts(), page)
+        items = [GroupItem(group=r.group, number_of_users=r.number_of_users) for r in result.items]
+        return GroupsPage(list=items, startKey=result.start_key, endOfList=result.end_of_list)
+
+    @app.post("/api/realtime/users", responses=_ERRORS, tags=["realtime"])
+    async def realtime_users(
+        account: Authed, body: Annotated[UsersRequest | None, Body()] = None
+    ) -> UsersPage:
+        """getRealtimeUsers: the connections in a group (optionally of one user), paged."""
+        params = _params(body)
+        query = listing.parse_user_query(params)
+        page = listing.parse_page_request(params)
+        members = await services.backplane.members(query.group)
+        result = listing.list_users(query, ((m.user_id, m.scid) for m in members), page)
+        items = [UserItem(user_id=r.user_id, connection_id=r.connection_id) for r in result.items]
+        return UsersPage(list=items, startKey=result.start_key, endOfList=result.end_of_list)
+
+    @app.get("/health", tags=["operations"])
+    async def health() -> Health:
+        """Whether the hub is up, and how many connections and groups it has."""
+        connections, groups = await services.backplane.stats()
+        return Health(status="ok", version=__version__, connections=connections, groups=groups)
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
+    async def metrics() -> PlainTextResponse:
+        """Prometheus text exposition of the hub's counters."""
+        connections, groups = await services.backplane.stats()
+        text = services.metrics.render(connections=connections, groups=groups)
+        return PlainTextResponse(text, media_type=CONTENT_TYPE)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RealtimeError)
+    async def realtime_error(request: Request, exc: RealtimeError) -> JSONResponse:
+        return _error(_STATUS_OF_CODE.get(exc.code, 400), exc.code, exc.message)
+
+    @app.exception_handler(AuthError)
+    async def auth_error(request: Request, exc: AuthError) -> JSONResponse:
+        response = _error(401, Codes.UNAUTHORIZED, exc.message)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="edge-agent"'
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(400, Codes.INVALID_PARAMETER, _describe_validation(exc))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        code = _CODE_OF_STATUS.get(exc.status_code, Codes.ERROR)
+        return _error(exc.status_code, code, str(exc.detail))
+
+
+def _params(body: BaseModel | None) -> dict[str, Any]:
+    if body is None:
+        return {}
+    return body.model_dump(exclude_unset=True)
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:3]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        parts.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) + "."
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status)

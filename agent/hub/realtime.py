@@ -1,0 +1,317 @@
+"""The realtime WebSocket endpoint ``/ws?token=JWT``: a plain ASGI app.
+
+A connection is authenticated before the upgrade: a missing, bad or expired token, or an
+account that no longer exists, is answered with HTTP 401 and the user's connection limit
+with HTTP 429 (the ASGI "websocket.http.response" extension; a server without it gets an
+accepted connection closed with 4401/4429 instead). Then each text frame is rate-limited,
+parsed by :mod:`agent.protocol` and dispatched to the backplane.
+
+Notices (``#notice`` with ``#code``): USER_JOINED goes to every member of the group, the
+joiner included (as the hosted service does; the joiner's own notice also tells it the
+join is done); USER_LEFT goes to every member, the leaver included, before it is removed;
+USER_DISCONNECTED goes to the remaining members. Every outbound frame is encoded once and
+the same text is queued to each recipient.
+
+``#error`` frames (``{"#error": TEXT, "#code": CODE}``; the connection stays open):
+INVALID_REQUEST for malformed JSON, an unknown action, a binary frame, a broadcast to a
+group not joined (the reference's text), too many groups; INVALID_PARAMETER for a missing
+or malformed field and content over the limit; NOT_FOUND for a recipient or connection id
+that is not connected; RATE_LIMITED for a frame dropped by the rate limit (the only error
+not counted towards ``max_errors``).
+
+The hub closes with 1008 after more than ``max_errors`` errors in ``error_window_seconds``,
+1009 for a frame over ``max_frame_bytes``, 4408 when idle, 4409 when the outbound queue
+overflows, and 1012 when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Final
+from urllib.parse import parse_qs
+
+from agent.errors import AuthError, Codes, Texts
+from agent.hub.accounts import Account, AccountStore
+from agent.hub.backplane import Backplane, Member
+from agent.hub.connection import ASGISend, Connection, ConnState
+from agent.hub.limits import CloseCode, LimitSettings
+from agent.hub.metrics import HubMetrics
+from agent.hub.tokens import TokenIssuer
+from agent.protocol import (
+    CID_PREFIX,
+    Broadcast,
+    ClientAction,
+    FrameKind,
+    HubFrame,
+    JoinRoom,
+    KeepAlive,
+    LeaveRoom,
+    Limits,
+    Notice,
+    ProtocolError,
+    Rtc,
+    SendMessage,
+    encode_hub_frame,
+    is_user_id,
+    notice_text,
+    parse_client_frame,
+)
+
+__all__ = ["MAX_GROUPS_PER_CONNECTION", "ASGIReceive", "RealtimeEndpoint"]
+
+log = logging.getLogger(__name__)
+
+ASGIReceive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+# A connection's groups are bounded so that joins cannot grow the hub's memory without end.
+MAX_GROUPS_PER_CONNECTION: Final = 100
+_SCID_BYTES: Final = 12
+
+
+class _Refusal(Exception):
+    """A connection refused before the upgrade."""
+
+    def __init__(self, status: int, code: str, message: str, close_code: CloseCode) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.close_code = close_code
+
+
+class RealtimeEndpoint:
+    """ASGI app of the realtime WebSocket."""
+
+    def __init__(
+        self,
+        *,
+        backplane: Backplane,
+        tokens: TokenIssuer,
+        accounts: AccountStore,
+        limits: LimitSettings,
+        metrics: HubMetrics,
+    ) -> None:
+        self._backplane = backplane
+        self._tokens = tokens
+        self._accounts = accounts
+        self._limits = limits
+        self._metrics = metrics
+        self._protocol_limits = Limits(
+            max_frame_bytes=limits.max_frame_bytes, max_content_bytes=limits.max_content_bytes
+        )
+
+    async def __call__(
+        self, scope: MutableMapping[str, Any], receive: ASGIReceive, send: ASGISend
+    ) -> None:
+        """Serve one WebSocket connection from handshake to close."""
+        if (await receive())["type"] != "websocket.connect":
+            return
+        try:
+            conn = await self._open(scope, send)
+        except _Refusal as refusal:
+            await self._refuse(scope, send, refusal)
+            return
+        try:
+            await send({"type": "websocket.accept"})
+        except OSError:
+            await self._backplane.detach(conn.scid)
+            return
+        await self._serve(conn, receive)
+
+    async def _open(self, scope: MutableMapping[str, Any], send: ASGISend) -> Connection:
+        account = await self._authenticate(scope)
+        member = Member(account.user_id, secrets.token_urlsafe(_SCID_BYTES), account.name)
+        conn = Connection(member, send, limits=self._limits, metrics=self._metrics)
+        cap = self._limits.max_connections_per_user
+        if not await self._backplane.attach(member, conn, max_per_user=cap):
+            raise _Refusal(
+                429,
+                Codes.RATE_LIMITED,
+                f'User "{account.name}" already has {cap} connections; close one first.',
+                CloseCode.TOO_MANY_CONNECTIONS,
+            )
+        return conn
+
+    async def _authenticate(self, scope: MutableMapping[str, Any]) -> Account:
+        token = _token_of(scope)
+        if not token:
+            raise _unauthorized("A token is required: connect to /ws?token=JWT.")
+        try:
+            claims = self._tokens.verify(token)
+        except AuthError as exc:
+            raise _unauthorized(exc.message) from exc
+        account = await asyncio.to_thread(self._accounts.get_by_id, claims.user_id)
+        if account is None:
+            raise _unauthorized("The token's account no longer exists.")
+        return account
+
+    async def _refuse(
+        self, scope: MutableMapping[str, Any], send: ASGISend, refusal: _Refusal
+    ) -> None:
+        self._metrics.refused[refusal.code] += 1
+        log.info("realtime connection refused (%d): %s", refusal.status, refusal.message)
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.accept"})
+            reason = refusal.message.encode()[:120].decode(errors="ignore")
+            await send({"type": "websocket.close", "code": refusal.close_code, "reason": reason})
+            return
+        body = json.dumps({"code": refusal.code, "message": refusal.message}).encode()
+        headers = [(b"content-type", b"application/json")]
+        if refusal.status == 401:
+            # RFC 6750 s. 3: a 401 for a bearer token names the scheme.
+            headers.append((b"www-authenticate", b'Bearer realm="edge-agent"'))
+        await send(
+            {"type": "websocket.http.response.start", "status": refusal.status, "headers": headers}
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+
+    async def _serve(self, conn: Connection, receive: ASGIReceive) -> None:
+        self._metrics.connections_opened += 1
+        conn.reader = asyncio.current_task()
+        conn.start_idle_timer()
+        log.debug("connection %s opened for %s", conn.scid, conn.member.name)
+        try:
+            await self._read_frames(conn, receive)
+        except asyncio.CancelledError:
+            if not conn.reader_cancelled_by_fail():
+                raise
+        finally:
+            await self._disconnect(conn)
+            await conn.finish()
+
+    async def _read_frames(self, conn: Connection, receive: ASGIReceive) -> None:
+        while conn.state is ConnState.OPEN:
+            # Yield once per frame: receive() does not suspend while frames are buffered, and
+            # a burst from one sender must not starve other readers, nor the socket writes
+            # of recipients whose transports had paused (their queues would overflow).
+            await asyncio.sleep(0)
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                return
+            if not conn.admit():
+                conn.rate_limited()
+                continue
+            text = message.get("text")
+            if text is None:
+                conn.error(Codes.INVALID_REQUEST, "Binary frames are not accepted; send JSON text.")
+                continue
+            await self._handle_text(conn, text)
+
+    async def _handle_text(self, conn: Connection, text: str) -> None:
+        action = parse_client_frame(text, self._protocol_limits)
+        if isinstance(action, ProtocolError):
+            conn.error(action.code, action.message)
+        else:
+            await self._dispatch(conn, action)
+
+    async def _dispatch(self, conn: Connection, action: ClientAction) -> None:
+        match action:
+            case Broadcast():
+                await self._broadcast(conn, action)
+            case SendMessage():
+                await self._private(conn, action)
+            case Rtc():
+                await self._rtc(conn, action)
+            case JoinRoom():
+                await self._join(conn, action)
+            case LeaveRoom():
+                await self._leave(conn, action.rid)
+            case KeepAlive():
+                pass  # admit() already refreshed the idle clock
+
+    async def _broadcast(self, conn: Connection, action: Broadcast) -> None:
+        if action.rid not in conn.groups:
+            conn.error(Codes.INVALID_REQUEST, Texts.not_joined(action.rid))
+            return
+        frame = HubFrame(
+            FrameKind.MESSAGE, action.content, conn.member.user_id, conn.scid, action.rid
+        )
+        await self._backplane.publish_group(action.rid, encode_hub_frame(frame))
+
+    async def _private(self, conn: Connection, action: SendMessage) -> None:
+        recipient = await self._recipient_id(action.uid)
+        frame = HubFrame(FrameKind.PRIVATE, action.content, conn.member.user_id, conn.scid)
+        text = encode_hub_frame(frame)
+        reached = 0
+        if recipient is not None:
+            reached = await self._backplane.publish_user(recipient, text, exclude=conn.scid)
+        if reached == 0 and recipient != conn.member.user_id:
+            conn.error(Codes.NOT_FOUND, f'Recipient "{action.uid}" is not connected.')
+            return
+        conn.deliver(text)  # the echo: the sender's own views render from it
+
+    async def _recipient_id(self, uid: str) -> str | None:
+        if is_user_id(uid):
+            return uid.lower()
+        return await self._backplane.resolve_name(uid)
+
+    async def _rtc(self, conn: Connection, action: Rtc) -> None:
+        frame = HubFrame(FrameKind.RTC, action.content, conn.member.user_id, conn.scid)
+        if not await self._backplane.publish_connection(action.scid, encode_hub_frame(frame)):
+            conn.error(Codes.NOT_FOUND, f'Connection "{CID_PREFIX}{action.scid}" is not connected.')
+
+    async def _join(self, conn: Connection, action: JoinRoom) -> None:
+        for group in list(conn.groups):
+            if action.rid is None or (not action.keep and group != action.rid):
+                await self._leave(conn, group)
+        if action.rid is None or action.rid in conn.groups:
+            return
+        if len(conn.groups) >= MAX_GROUPS_PER_CONNECTION:
+            conn.error(
+                Codes.INVALID_REQUEST,
+                f"A connection may be in at most {MAX_GROUPS_PER_CONNECTION} groups; "
+                "leave one first.",
+            )
+            return
+        notice = self._notice(conn.member, action.rid, Notice.USER_JOINED)
+        await self._backplane.join(conn.scid, action.rid)
+        conn.groups.add(action.rid)
+        await self._backplane.publish_group(action.rid, notice)
+
+    async def _leave(self, conn: Connection, group: str) -> None:
+        if group not in conn.groups:
+            return  # leaving is idempotent: a client may leave what a restart already dropped
+        await self._backplane.publish_group(
+            group, self._notice(conn.member, group, Notice.USER_LEFT)
+        )
+        conn.groups.discard(group)
+        await self._backplane.leave(conn.scid, group)
+
+    async def _disconnect(self, conn: Connection) -> None:
+        groups = await self._backplane.detach(conn.scid)
+        conn.groups.clear()
+        for group in groups:
+            notice = self._notice(conn.member, group, Notice.USER_DISCONNECTED)
+            await self._backplane.publish_group(group, notice)
+
+    @staticmethod
+    def _notice(member: Member, group: str, notice: Notice) -> str:
+        frame = HubFrame(
+            FrameKind.NOTICE,
+            notice_text(notice, member.user_id),
+            member.user_id,
+            member.scid,
+            group,
+            notice.value,
+        )
+        return encode_hub_frame(frame)
+
+
+def _token_of(scope: MutableMapping[str, Any]) -> str | None:
+    raw: bytes = scope.get("query_string", b"")
+    tokens = parse_qs(raw.decode("latin-1")).get("token")
+    if tokens:
+        return tokens[0]
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer":
+                return token.strip() or None
+    return None
+
+
+def _unauthorized(message: str) -> _Refusal:
+    return _Refusal(401, Codes.UNAUTHORIZED, message, CloseCode.UNAUTHORIZED)

@@ -1,0 +1,246 @@
+"""The hub as a server: uvicorn serving the hub application, in-process or as a command.
+
+:class:`HubServer` binds its own listening socket (so port 0 works and a bind error is an
+``OSError`` here, not uvicorn's ``sys.exit``) and drives uvicorn's startup, main loop and
+shutdown without uvicorn's signal handling: whoever embeds the hub owns the signals.
+:func:`run_hub` is the blocking command: it stops cleanly on SIGTERM or SIGINT.
+
+With ``hub.tls_cert`` and ``hub.tls_key`` the hub serves HTTPS and WSS (browsers allow the
+microphone and web push only on a secure origin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import re
+import signal
+import socket
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import uvicorn
+import uvicorn.config
+
+from agent.errors import ConfigError
+from agent.hub.accounts import ACCOUNTS_FILE, AccountStore
+from agent.hub.app import STATIC_DIR, HubApplication, HubServices
+from agent.hub.backplane import Backplane, MemoryBackplane
+from agent.hub.metrics import HubMetrics
+from agent.hub.tokens import TokenIssuer
+from agent.statedir import resolve_state_dir
+
+if TYPE_CHECKING:
+    from agent.config import Settings
+
+__all__ = ["HubServer", "run_hub"]
+
+log = logging.getLogger(__name__)
+
+# uvicorn's sans-I/O protocol over websockets (no per-connection task for the protocol);
+# older uvicorn releases only have the websockets one.
+_WS_IMPL: Final = (
+    "websockets-sansio" if "websockets-sansio" in uvicorn.config.WS_PROTOCOLS else "websockets"
+)
+# Connections get this long to close when the hub stops, then their tasks are cancelled.
+_GRACEFUL_SHUTDOWN_SECONDS: Final = 3
+_BACKLOG: Final = 2048
+_REDACT_LOGGERS: Final = ("uvicorn.error", "uvicorn.access")
+_TOKEN_QUERY_RE: Final = re.compile(r"(token=)[^&\s]+")
+
+
+class HubServer:
+    """The hub serving HTTP(S) and WebSocket on ``settings.hub.host``/``port``.
+
+    ``state_dir`` overrides ``settings.state_dir``; ``static_dir`` the viewer's files.
+    """
+
+    def __init__(
+        self, settings: Settings, *, state_dir: Path | None = None, static_dir: Path | None = None
+    ) -> None:
+        self.settings = settings
+        self.state_dir = resolve_state_dir(state_dir or settings.state_dir)
+        self.accounts = AccountStore(self.state_dir / ACCOUNTS_FILE)
+        self.tokens = TokenIssuer.from_state_dir(self.state_dir)
+        self.backplane: Backplane = MemoryBackplane()
+        self.metrics = HubMetrics()
+        self.app = HubApplication(
+            HubServices(
+                accounts=self.accounts,
+                tokens=self.tokens,
+                backplane=self.backplane,
+                metrics=self.metrics,
+                limits=settings.hub.limits,
+                static_dir=static_dir or STATIC_DIR,
+            )
+        )
+        self._server: uvicorn.Server | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._socket: socket.socket | None = None
+        self.port = 0
+
+    @property
+    def tls(self) -> bool:
+        """Whether the hub serves HTTPS/WSS."""
+        return self.settings.hub.tls_cert is not None
+
+    @property
+    def http_url(self) -> str:
+        """Base URL to reach the hub from this machine (``https`` with TLS)."""
+        return (
+            f"{'https' if self.tls else 'http'}://{_url_host(self.settings.hub.host)}:{self.port}"
+        )
+
+    @property
+    def ws_url(self) -> str:
+        """The realtime WebSocket URL (``wss`` with TLS), without a token."""
+        return f"{'wss' if self.tls else 'ws'}://{_url_host(self.settings.hub.host)}:{self.port}/ws"
+
+    async def start(self) -> None:
+        """Bind and start serving; ``OSError`` if the address is taken."""
+        if self._server is not None:
+            raise RuntimeError("The hub is already started.")
+        _install_log_redaction()
+        config = self._uvicorn_config()
+        sock = _bind(self.settings.hub.host, self.settings.hub.port)
+        server = uvicorn.Server(config)
+        server.lifespan = config.lifespan_class(config)
+        try:
+            await server.startup(sockets=[sock])
+        except BaseException:
+            sock.close()
+            raise
+        self._server, self._socket = server, sock
+        self.port = sock.getsockname()[1]
+        self._main = asyncio.create_task(server.main_loop(), name="hub-main-loop")
+        log.info("hub listening on %s (state in %s)", self.http_url, self.state_dir)
+
+    async def stop(self) -> None:
+        """Close every connection (1012), stop listening, close the accounts store.
+
+        Safe after a failed :meth:`start` and when called twice; a stopped hub is not
+        started again (make a new ``HubServer``).
+        """
+        server, main = self._server, self._main
+        if server is not None and main is not None:
+            server.should_exit = True
+            await main
+            await server.shutdown(sockets=[self._socket] if self._socket else None)
+            self._server = self._main = self._socket = None
+            log.info("hub stopped")
+        await self.backplane.close()
+        self.accounts.close()
+
+    def _uvicorn_config(self) -> uvicorn.Config:
+        hub = self.settings.hub
+        config = uvicorn.Config(
+            self.app,
+            ws=_WS_IMPL,
+            ws_max_size=hub.limits.max_frame_bytes,
+            # Compression would run once per recipient of a fan-out and cost each idle
+            # connection a zlib context; realtime frames are small.
+            ws_per_message_deflate=False,
+            lifespan="off",
+            log_config=None,  # logging is the embedding program's
+            access_log=False,
+            server_header=False,
+            backlog=_BACKLOG,
+            timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
+            ssl_certfile=hub.tls_cert,
+            ssl_keyfile=hub.tls_key,
+        )
+        try:
+            config.load()
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"cannot load the TLS certificate or key: {exc}", key="hub.tls_cert"
+            ) from exc
+        return config
+
+
+def run_hub(settings: Settings) -> int:
+    """Serve the hub until SIGTERM or SIGINT; 0 after a clean stop."""
+    return asyncio.run(_serve_until_signal(settings))
+
+
+async def _serve_until_signal(settings: Settings) -> int:
+    from agent.systemd import Notifier, start_watchdog
+
+    hub = HubServer(settings)
+    notifier = Notifier.from_environ(unset=True)
+    watchdog: asyncio.Task[None] | None = None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await hub.start()
+        notifier.ready(f"serving on {hub.http_url}")
+        watchdog = start_watchdog(notifier)
+        await stop.wait()
+        notifier.stopping("stopping")
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+        notifier.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await hub.stop()
+    return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if _is_ipv6(host) else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # A restarted hub must get its port back while old connections sit in TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _is_ipv6(host: str) -> bool:
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host).version == 6
+    return False
+
+
+def _url_host(host: str) -> str:
+    # A wildcard address is not somewhere to connect to; loopback on the same machine is.
+    if host in ("0.0.0.0", ""):  # noqa: S104 (comparing, not binding)
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if _is_ipv6(host) else host
+
+
+class _RedactTokens(logging.Filter):
+    """Blanks tokens in log records: uvicorn logs WebSocket paths with their query string,
+    and at debug level the request headers (``Authorization: Bearer ...``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact(arg) for arg in record.args)
+        return True
+
+
+def _redact(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    if value.lower().startswith("bearer "):
+        return "Bearer ********"
+    return _TOKEN_QUERY_RE.sub(r"\1********", value)
+
+
+def _install_log_redaction() -> None:
+    for name in _REDACT_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactTokens) for f in logger.filters):
+            logger.addFilter(_RedactTokens())
