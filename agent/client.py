@@ -77,6 +77,7 @@ from agent.protocol import (
     parse_hub_frame,
     scid_of,
 )
+from agent.push.client_methods import PushMethods
 
 __all__ = [
     "DROPPED_CODE",
@@ -207,7 +208,7 @@ class MessageStream:
             self._on_close(self)
 
 
-class RealtimeClient:
+class RealtimeClient(PushMethods):
     """A connection to a hub with the reference's realtime API (see the module docstring)."""
 
     def __init__(

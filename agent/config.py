@@ -53,6 +53,8 @@ from pydantic_settings import (
 from agent.errors import ConfigError
 from agent.events.settings import EventRule, check_rules
 from agent.protocol import Limits, is_user_id
+from agent.push.settings import PushSettings
+from agent.rtc.settings import AudioSettings, CallsSettings, VideoSettings
 from agent.sensors.settings import SensorsSettings, SerialPortSettings, check_port_names
 
 __all__ = [
@@ -181,6 +183,10 @@ class Settings(BaseSettings):
     serial: list[SerialPortSettings] = Field(default_factory=list)
     sensors: SensorsSettings = Field(default_factory=lambda: SensorsSettings.model_validate({}))
     events: list[EventRule] = Field(default_factory=list)
+    push: PushSettings = Field(default_factory=lambda: PushSettings.model_validate({}))
+    calls: CallsSettings = Field(default_factory=lambda: CallsSettings.model_validate({}))
+    video: VideoSettings = Field(default_factory=lambda: VideoSettings.model_validate({}))
+    audio: AudioSettings = Field(default_factory=lambda: AudioSettings.model_validate({}))
 
     @model_validator(mode="after")
     def _rules_fit_ports(self) -> Settings:

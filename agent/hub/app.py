@@ -29,8 +29,10 @@ from agent.hub.backplane import Backplane
 from agent.hub.connection import ASGISend
 from agent.hub.limits import LimitSettings
 from agent.hub.metrics import CONTENT_TYPE, HubMetrics
+from agent.hub.push_api import add_push_routes
 from agent.hub.realtime import ASGIReceive, RealtimeEndpoint
 from agent.hub.tokens import TokenIssuer
+from agent.push.service import PushService
 
 __all__ = [
     "LOGIN_TOKEN_TTL_SECONDS",
@@ -69,6 +71,7 @@ class HubServices:
     limits: LimitSettings
     static_dir: Path = STATIC_DIR
     login_ttl_seconds: int = LOGIN_TOKEN_TTL_SECONDS
+    push: PushService | None = None
 
 
 class ErrorBody(BaseModel):
@@ -222,6 +225,7 @@ class HubApplication:
             accounts=services.accounts,
             limits=services.limits,
             metrics=services.metrics,
+            push=services.push,
         )
 
     async def __call__(
@@ -245,6 +249,8 @@ def create_app(services: HubServices) -> FastAPI:
     )
     _add_error_handlers(app)
     _add_api_routes(app, services)
+    if services.push is not None:
+        add_push_routes(app, services.push, current_account=_current_account)
     if services.static_dir.is_dir():
         # Last, so that it only answers what no route above matched: the viewer at "/".
         app.mount("/", StaticFiles(directory=services.static_dir, html=True))
@@ -334,6 +340,8 @@ def _add_api_routes(app: FastAPI, services: HubServices) -> None:
         """Prometheus text exposition of the hub's counters."""
         connections, groups = await services.backplane.stats()
         text = services.metrics.render(connections=connections, groups=groups)
+        if services.push is not None:
+            text += services.push.metrics.render(pending=services.push.pending)
         return PlainTextResponse(text, media_type=CONTENT_TYPE)
 
 

@@ -95,6 +95,7 @@ def add_push_routes(
 
     Call it before a catch-all mount at ``/`` (the viewer's files): a mount matches first.
     """
+
     @app.get(f"{PUSH_ROUTE_PREFIX}/vapid-public-key", tags=_TAGS)
     async def vapid_public_key(
         account: Annotated[Account, Depends(current_account)],

@@ -60,6 +60,7 @@ from agent.protocol import (
     notice_text,
     parse_client_frame,
 )
+from agent.push.service import PushService
 
 __all__ = ["MAX_GROUPS_PER_CONNECTION", "ASGIReceive", "RealtimeEndpoint"]
 
@@ -93,7 +94,9 @@ class RealtimeEndpoint:
         accounts: AccountStore,
         limits: LimitSettings,
         metrics: HubMetrics,
+        push: PushService | None = None,
     ) -> None:
+        self._push = push
         self._backplane = backplane
         self._tokens = tokens
         self._accounts = accounts
@@ -230,23 +233,41 @@ class RealtimeEndpoint:
             FrameKind.MESSAGE, action.content, conn.member.user_id, conn.scid, action.rid
         )
         await self._backplane.publish_group(action.rid, encode_hub_frame(frame))
+        if action.notification is not None and self._push is not None:
+            # Members are connected by definition: only an "always" notification pushes.
+            members = await self._backplane.members(action.rid)
+            others = {m.user_id for m in members} - {conn.member.user_id}
+            self._push.notify_users(others, action.notification, is_connected=self._connected)
 
     async def _private(self, conn: Connection, action: SendMessage) -> None:
-        recipient = await self._recipient_id(action.uid)
+        pushing = action.notification is not None and self._push is not None
+        recipient = await self._recipient_id(action.uid, offline_too=pushing)
         frame = HubFrame(FrameKind.PRIVATE, action.content, conn.member.user_id, conn.scid)
         text = encode_hub_frame(frame)
         reached = 0
         if recipient is not None:
             reached = await self._backplane.publish_user(recipient, text, exclude=conn.scid)
-        if reached == 0 and recipient != conn.member.user_id:
+            if pushing and self._push is not None and action.notification is not None:
+                self._push.notify_users(
+                    [recipient], action.notification, is_connected=self._connected
+                )
+        if reached == 0 and recipient != conn.member.user_id and not (pushing and recipient):
             conn.error(Codes.NOT_FOUND, f'Recipient "{action.uid}" is not connected.')
             return
         conn.deliver(text)  # the echo: the sender's own views render from it
 
-    async def _recipient_id(self, uid: str) -> str | None:
+    async def _recipient_id(self, uid: str, *, offline_too: bool = False) -> str | None:
         if is_user_id(uid):
             return uid.lower()
-        return await self._backplane.resolve_name(uid)
+        found = await self._backplane.resolve_name(uid)
+        if found is None and offline_too:
+            # A notification reaches users who are not connected, so look at every account.
+            account = await asyncio.to_thread(self._accounts.get_by_name, uid)
+            found = account.user_id if account is not None else None
+        return found
+
+    async def _connected(self, user_id: str) -> bool:
+        return bool(await self._backplane.user_connections(user_id))
 
     async def _rtc(self, conn: Connection, action: Rtc) -> None:
         frame = HubFrame(FrameKind.RTC, action.content, conn.member.user_id, conn.scid)

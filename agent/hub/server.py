@@ -31,6 +31,7 @@ from agent.hub.app import STATIC_DIR, HubApplication, HubServices
 from agent.hub.backplane import Backplane, MemoryBackplane
 from agent.hub.metrics import HubMetrics
 from agent.hub.tokens import TokenIssuer
+from agent.push.service import PushService
 from agent.statedir import resolve_state_dir
 
 if TYPE_CHECKING:
@@ -67,6 +68,9 @@ class HubServer:
         self.tokens = TokenIssuer.from_state_dir(self.state_dir)
         self.backplane: Backplane = MemoryBackplane()
         self.metrics = HubMetrics()
+        self.push = PushService.from_state_dir(
+            self.state_dir, settings.push, accounts=self.accounts
+        )
         self.app = HubApplication(
             HubServices(
                 accounts=self.accounts,
@@ -75,6 +79,7 @@ class HubServer:
                 metrics=self.metrics,
                 limits=settings.hub.limits,
                 static_dir=static_dir or STATIC_DIR,
+                push=self.push,
             )
         )
         self._server: uvicorn.Server | None = None
@@ -132,6 +137,7 @@ class HubServer:
             self._server = self._main = self._socket = None
             log.info("hub stopped")
         await self.backplane.close()
+        await self.push.aclose()
         self.accounts.close()
 
     def _uvicorn_config(self) -> uvicorn.Config:
@@ -194,7 +200,9 @@ async def _serve_until_signal(settings: Settings) -> int:
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if _is_ipv6(host) else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # The protocol number makes asyncio turn Nagle off on accepted connections; without it
+    # every keep-alive HTTP answer after the first waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         # A restarted hub must get its port back while old connections sit in TIME_WAIT.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

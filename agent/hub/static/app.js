@@ -1,0 +1,624 @@
+// The viewer: log in, see the devices online in your groups, call one, watch and listen,
+// hold to talk, run control commands, get alerts. Plain ES modules, no build step.
+
+import { Api, ApiError, session } from './api.js';
+import { Realtime, LinkState } from './realtime.js';
+import { Call, CallState } from './call.js';
+import { formatBitrate } from './stats.js';
+import {
+  alertsSupported, currentSubscription, disableAlerts, enableAlerts, registerWorker, unsupportedReason,
+} from './alerts.js';
+
+const GROUPS_KEY = 'edge-agent.groups';
+const DEFAULT_CONFIG = { iceServers: [], groups: ['devices'] };
+const INTENT_WAIT_MS = 30000; // how long "?device=NAME&call=1" waits for NAME to come online
+
+const $ = (id) => document.getElementById(id);
+const api = new Api();
+
+// Inspection surface (the browser tests and the benchmark read it; so can a curious user).
+const viewer = {
+  user: null,
+  devices: [],
+  devicesLoaded: false,
+  call: null,
+  lastCall: null,
+  realtime: null,
+  config: DEFAULT_CONFIG,
+  link: LinkState.CLOSED,
+  intent: null,
+  errors: [],
+};
+window.viewer = viewer;
+
+// -- messages on the page --------------------------------------------------------------
+
+let bannerTimer = null;
+
+function showBanner(message, kind = 'error', { sticky = true } = {}) {
+  if (kind === 'error') viewer.errors.push(message);
+  $('banner-text').textContent = message;
+  $('banner').dataset.kind = kind;
+  $('banner').hidden = false;
+  clearTimeout(bannerTimer);
+  if (!sticky) bannerTimer = setTimeout(hideBanner, 4000);
+}
+
+function hideBanner() {
+  $('banner').hidden = true;
+}
+
+function describe(err) {
+  if (err instanceof ApiError) return err.message;
+  return err?.message || String(err);
+}
+
+// -- login -----------------------------------------------------------------------------
+
+function showLogin(message) {
+  $('login-view').hidden = false;
+  $('devices-view').hidden = true;
+  $('call-view').hidden = true;
+  $('who').hidden = true;
+  $('logout').hidden = true;
+  const error = $('login-error');
+  error.textContent = message || (viewer.intent?.device ? `Log in to call ${viewer.intent.device}.` : '');
+  error.hidden = !error.textContent;
+  error.dataset.kind = message ? 'error' : 'info';
+  $('login-name').focus();
+}
+
+async function onLogin(event) {
+  event.preventDefault();
+  const button = $('login-submit');
+  const error = $('login-error');
+  button.disabled = true;
+  error.hidden = true;
+  try {
+    const login = await api.login($('login-name').value.trim(), $('login-password').value);
+    session.save(login, $('login-remember').checked);
+    $('login-password').value = '';
+    await startSession(login);
+  } catch (err) {
+    error.textContent = err instanceof ApiError && err.status === 401
+      ? 'Wrong name or password.'
+      : `Could not log in: ${describe(err)}`;
+    error.dataset.kind = 'error';
+    error.hidden = false;
+    viewer.errors.push(error.textContent);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function logout(message) {
+  endCall('You logged out.');
+  viewer.realtime?.close();
+  viewer.realtime = null;
+  viewer.user = null;
+  api.token = null;
+  session.clear();
+  setLink(LinkState.CLOSED);
+  showLogin(message);
+}
+
+// -- session ---------------------------------------------------------------------------
+
+async function startSession(saved) {
+  api.token = saved.token;
+  viewer.user = { user_id: saved.user_id, name: saved.name, role: saved.role };
+  $('who').textContent = saved.name;
+  $('who').hidden = false;
+  $('logout').hidden = false;
+  $('login-view').hidden = true;
+  $('devices-view').hidden = false;
+  try {
+    viewer.config = await loadConfig();
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) {
+      logout('Your session has expired: log in again.');
+      return;
+    }
+    showBanner(`Could not load the viewer settings: ${describe(err)}`);
+  }
+  $('groups').value = watchedGroups().join(', ');
+  connectRealtime();
+  refreshDevices();
+  updateAlerts();
+}
+
+async function loadConfig() {
+  try {
+    const config = await api.viewerConfig();
+    return { ...DEFAULT_CONFIG, ...config };
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 404) return DEFAULT_CONFIG; // an older hub
+    throw err;
+  }
+}
+
+function watchedGroups() {
+  const saved = localStorage.getItem(GROUPS_KEY);
+  const groups = saved ? saved.split(',') : viewer.config.groups;
+  return groups.map((g) => g.trim()).filter(Boolean);
+}
+
+function onGroupsChanged() {
+  const groups = $('groups').value.split(',').map((g) => g.trim()).filter(Boolean);
+  localStorage.setItem(GROUPS_KEY, groups.join(','));
+  viewer.realtime?.watch(groups);
+  scheduleRefresh();
+}
+
+// -- realtime connection ---------------------------------------------------------------
+
+function connectRealtime() {
+  viewer.realtime?.close();
+  const realtime = new Realtime(() => api.realtimeUrl());
+  viewer.realtime = realtime;
+  realtime.addEventListener('state', (event) => onLinkState(event.detail));
+  realtime.addEventListener('refused', onRefused);
+  realtime.addEventListener('open', () => scheduleRefresh());
+  realtime.addEventListener('frame', (event) => onFrame(event.detail));
+  realtime.watch(watchedGroups());
+  realtime.connect();
+}
+
+function onLinkState({ state, delay }) {
+  const was = viewer.link;
+  setLink(state);
+  if (state === LinkState.RETRYING) {
+    const seconds = Math.max(1, Math.round(delay / 1000));
+    showBanner(`Connection to the hub lost; reconnecting in ${seconds} s…`, 'warn');
+  } else if (state === LinkState.OPEN && was === LinkState.RETRYING) {
+    showBanner('Reconnected to the hub.', 'info', { sticky: false });
+  }
+}
+
+function setLink(state) {
+  viewer.link = state;
+  $('link').textContent = state;
+  $('link').dataset.state = state;
+}
+
+// The socket was refused before it opened: an expired token looks the same as a network
+// problem from here, so ask the HTTP API which one it is.
+async function onRefused() {
+  try {
+    await api.me();
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) logout('Your session has expired: log in again.');
+  }
+}
+
+function onFrame(frame) {
+  switch (frame.type) {
+    case 'rtc':
+      if (viewer.call && frame.cid === viewer.call.cid) viewer.call.handleSignal(frame.content);
+      break;
+    case 'private':
+      onPrivate(frame);
+      break;
+    case 'notice':
+      scheduleRefresh();
+      break;
+    case 'error':
+      onHubError(frame);
+      break;
+    default:
+      break;
+  }
+}
+
+function onPrivate(frame) {
+  const content = frame.content;
+  if (!content || typeof content !== 'object' || frame.sender === viewer.user?.user_id) return;
+  const call = viewer.call || viewer.lastCall;
+  const fromCallee = call && call.device.user_id === frame.sender;
+  if (content.type === 'call_refused') {
+    // The device hangs up and then says why: busy, or this account may not call it.
+    const message = content.message || `${call?.device.name || 'The device'} refused the call.`;
+    if (fromCallee && viewer.call) endCall(message, 'refused');
+    showBanner(message, 'error');
+  } else if (content.type === 'error' && fromCallee) {
+    showBanner(`${call.device.name}: ${content.message}`, 'warn');
+  }
+}
+
+function onHubError(frame) {
+  const text = typeof frame.content === 'string' ? frame.content : JSON.stringify(frame.content);
+  const call = viewer.call;
+  if (call && call.state !== CallState.CONNECTED && frame.code === 'NOT_FOUND') {
+    endCall(`${call.device.name} is no longer connected.`, 'error');
+    scheduleRefresh();
+    return;
+  }
+  showBanner(`The hub refused a request: ${text}`, 'warn');
+}
+
+// -- devices ---------------------------------------------------------------------------
+
+let refreshTimer = null;
+
+function scheduleRefresh() {
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(refreshDevices, 150); // a burst of notices is one refresh
+}
+
+async function refreshDevices() {
+  if (!api.token) return;
+  try {
+    viewer.devices = await api.devices();
+    viewer.devicesLoaded = true;
+    renderDevices();
+    applyIntent();
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) {
+      logout('Your session has expired: log in again.');
+    } else if (!(err instanceof ApiError && err.code === 'NETWORK' && viewer.link === LinkState.RETRYING)) {
+      showBanner(`Could not list devices: ${describe(err)}`);
+    }
+  }
+}
+
+function renderDevices() {
+  const list = $('devices');
+  list.replaceChildren();
+  for (const device of viewer.devices) {
+    const item = document.createElement('li');
+    item.className = 'device';
+    item.dataset.name = device.name;
+    if (viewer.intent?.device === device.name) item.classList.add('wanted');
+    const label = document.createElement('div');
+    label.className = 'device-label';
+    const name = document.createElement('strong');
+    name.textContent = device.name;
+    const groups = document.createElement('small');
+    groups.textContent = device.groups.join(', ');
+    label.append(name, groups);
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.className = 'primary big call-button';
+    button.textContent = 'Call';
+    button.setAttribute('aria-label', `Call ${device.name}`);
+    button.disabled = Boolean(viewer.call);
+    button.addEventListener('click', (event) => startCall(device, event.timeStamp));
+    item.append(label, button);
+    list.append(item);
+  }
+  $('devices-empty').hidden = viewer.devices.length > 0;
+}
+
+// -- opening the viewer on a device (?device=NAME&call=1, or an alert's click) ---------
+
+function readIntent() {
+  const params = new URLSearchParams(location.search);
+  const device = params.get('device');
+  if (device) {
+    viewer.intent = { device, call: params.get('call') === '1', until: Date.now() + INTENT_WAIT_MS };
+  }
+  if (params.has('device') || params.has('call')) {
+    history.replaceState(null, '', location.pathname); // keep the address bar clean
+  }
+}
+
+function applyIntent() {
+  const intent = viewer.intent;
+  if (!intent || !viewer.user || !viewer.devicesLoaded) return;
+  const device = viewer.devices.find((d) => d.name === intent.device);
+  if (!device) {
+    if (Date.now() > intent.until) {
+      viewer.intent = null;
+      showBanner(`${intent.device} is not online right now.`, 'warn');
+    } else {
+      setTimeout(applyIntent, 2000);
+    }
+    return;
+  }
+  viewer.intent = null;
+  const item = document.querySelector(`.device[data-name="${CSS.escape(device.name)}"]`);
+  item?.scrollIntoView({ block: 'center' });
+  if (intent.call && !viewer.call) startCall(device, performance.now());
+}
+
+function onWorkerMessage(event) {
+  const data = event.data;
+  if (data?.type !== 'open-device' || !data.device) return;
+  viewer.intent = { device: data.device, call: Boolean(data.call), until: Date.now() + INTENT_WAIT_MS };
+  if (viewer.user) refreshDevices();
+  else showLogin();
+}
+
+// -- calls -----------------------------------------------------------------------------
+
+async function startCall(device, clickedAt) {
+  if (viewer.call) return;
+  const cid = device.connection_ids[device.connection_ids.length - 1];
+  if (!cid) {
+    showBanner(`${device.name} has no connection to call.`);
+    return;
+  }
+  if (!viewer.realtime?.open) {
+    showBanner('Not connected to the hub yet; try again in a moment.', 'warn');
+    return;
+  }
+  hideBanner();
+  const video = $('video');
+  const call = new Call({
+    device,
+    cid,
+    realtime: viewer.realtime,
+    iceServers: viewer.config.iceServers || [],
+    video,
+    selfId: viewer.user.user_id,
+    startedAt: clickedAt,
+  });
+  viewer.call = call;
+  showCallView(call);
+  call.addEventListener('state', (event) => setCallState(event.detail.state));
+  call.addEventListener('track', () => playVideo(video));
+  call.addEventListener('mic', (event) => onMic(event.detail));
+  call.addEventListener('control', (event) => setCommandsEnabled(event.detail.open));
+  call.addEventListener('notice', (event) => onCallNotice(event.detail));
+  call.addEventListener('stats', (event) => showStats(event.detail));
+  call.addEventListener('firstframe', (event) => { $('st-ttff').textContent = `${Math.round(event.detail.ms)} ms`; });
+  call.addEventListener('ended', (event) => onCallEnded(call, event.detail));
+  try {
+    await call.start();
+  } catch (err) {
+    endCall(`Could not start the call: ${describe(err)}`, 'error');
+  }
+}
+
+function endCall(message, reason = 'local') {
+  const call = viewer.call;
+  if (!call) return;
+  if (reason === 'local') call.hangup(message);
+  else call.abort(reason, message);
+}
+
+function showCallView(call) {
+  $('call-title').textContent = call.device.name;
+  $('call-view').hidden = false;
+  $('devices-view').hidden = true;
+  $('snapshot-box').hidden = true;
+  $('control-out').hidden = true;
+  $('unmute').hidden = true;
+  $('mic-note').textContent = 'Asking for the microphone…';
+  $('talk').disabled = true;
+  setCommandsEnabled(false);
+  for (const id of ['st-ttff', 'st-bitrate', 'st-fps', 'st-size', 'st-rtt', 'st-route']) $(id).textContent = '–';
+  setCallState(call.state);
+}
+
+function setCallState(state) {
+  $('call-state').textContent = state;
+  $('call-state').dataset.state = state;
+}
+
+function onCallEnded(call, { reason, message }) {
+  if (viewer.call === call) viewer.call = null;
+  viewer.lastCall = call;
+  setTalking(false);
+  const video = $('video');
+  video.pause();
+  video.srcObject = null;
+  $('call-view').hidden = true;
+  $('devices-view').hidden = false;
+  renderDevices();
+  if (reason === 'local') showBanner(message, 'info', { sticky: false });
+  else showBanner(message, reason === 'remote' ? 'info' : 'error');
+}
+
+function onCallNotice({ code, message }) {
+  if (code === 'RECONNECTED') {
+    if ($('banner').dataset.kind === 'warn') hideBanner();
+    return;
+  }
+  showBanner(code ? `${message} (${code})` : message, 'warn');
+}
+
+// Unmuted autoplay needs a user gesture; a call from an alert or a link may not have one.
+async function playVideo(video) {
+  try {
+    video.muted = false;
+    await video.play();
+  } catch (err) {
+    if (err?.name !== 'NotAllowedError') return;
+    video.muted = true;
+    $('unmute').hidden = false;
+    try {
+      await video.play();
+    } catch {
+      // shown as a still; the unmute button starts it
+    }
+  }
+}
+
+async function unmute() {
+  const video = $('video');
+  video.muted = false;
+  try {
+    await video.play();
+    $('unmute').hidden = true;
+  } catch (err) {
+    showBanner(`The browser would not play sound: ${describe(err)}`, 'warn');
+  }
+}
+
+// -- push-to-talk ----------------------------------------------------------------------
+
+function onMic({ ready, message }) {
+  $('talk').disabled = !ready;
+  $('mic-note').textContent = ready ? 'Hold the button (or the space bar) to talk.' : message;
+  $('mic-note').dataset.kind = ready ? 'info' : 'warn';
+}
+
+function setTalking(on) {
+  const talk = $('talk');
+  const live = Boolean(viewer.call?.talk(on));
+  talk.classList.toggle('live', on && live);
+  talk.textContent = on && live ? 'Talking…' : 'Hold to talk';
+  talk.setAttribute('aria-pressed', String(on && live));
+}
+
+function wireTalkButton() {
+  const talk = $('talk');
+  talk.addEventListener('pointerdown', (event) => {
+    if (talk.disabled) return;
+    event.preventDefault();
+    talk.setPointerCapture(event.pointerId); // a finger sliding off still holds
+    setTalking(true);
+  });
+  for (const type of ['pointerup', 'pointercancel', 'lostpointercapture']) {
+    talk.addEventListener(type, () => setTalking(false));
+  }
+  talk.addEventListener('contextmenu', (event) => event.preventDefault()); // long press
+  const isTalkKey = (event) => event.code === 'Space' && !isTyping(event.target);
+  document.addEventListener('keydown', (event) => {
+    if (!isTalkKey(event) || !viewer.call || talk.disabled) return;
+    event.preventDefault();
+    if (!event.repeat) setTalking(true);
+  });
+  document.addEventListener('keyup', (event) => {
+    if (isTalkKey(event) && viewer.call) setTalking(false);
+  });
+  window.addEventListener('blur', () => setTalking(false));
+}
+
+function isTyping(target) {
+  return target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement;
+}
+
+// -- control commands ------------------------------------------------------------------
+
+function setCommandsEnabled(open) {
+  $('cmd-status').disabled = !open;
+  $('cmd-snapshot').disabled = !open;
+}
+
+async function runStatus() {
+  const out = $('control-out');
+  try {
+    const result = await viewer.call.command('status');
+    out.textContent = JSON.stringify(result, null, 2);
+    out.dataset.kind = 'ok';
+  } catch (err) {
+    out.textContent = `status failed: ${describe(err)}${err.code ? ` (${err.code})` : ''}`;
+    out.dataset.kind = 'error';
+    viewer.errors.push(out.textContent);
+  }
+  out.hidden = false;
+}
+
+let snapshotUrl = null;
+
+async function runSnapshot() {
+  const button = $('cmd-snapshot');
+  button.disabled = true;
+  try {
+    const blob = await viewer.call.command('snapshot');
+    if (snapshotUrl) URL.revokeObjectURL(snapshotUrl);
+    snapshotUrl = URL.createObjectURL(blob);
+    $('snapshot').src = snapshotUrl;
+    $('snapshot-caption').textContent = `${new Date().toLocaleTimeString()} · ${Math.round(blob.size / 1024)} KiB`;
+    $('snapshot-box').hidden = false;
+  } catch (err) {
+    const out = $('control-out');
+    out.textContent = `snapshot failed: ${describe(err)}${err.code ? ` (${err.code})` : ''}`;
+    out.dataset.kind = 'error';
+    out.hidden = false;
+    viewer.errors.push(out.textContent);
+  } finally {
+    button.disabled = !(viewer.call?.control?.readyState === 'open');
+  }
+}
+
+// -- stats -----------------------------------------------------------------------------
+
+function showStats(stats) {
+  $('st-bitrate').textContent = formatBitrate(stats.bitrate);
+  $('st-fps').textContent = stats.fps == null ? '–' : `${Math.round(stats.fps)} fps`;
+  $('st-size').textContent = stats.width ? `${stats.width}×${stats.height}${stats.codec ? ` ${stats.codec}` : ''}` : '–';
+  $('st-rtt').textContent = stats.rttMs == null ? '–' : `${Math.round(stats.rttMs)} ms`;
+  $('st-route').textContent = stats.route || '–';
+}
+
+// -- alerts ----------------------------------------------------------------------------
+
+async function updateAlerts() {
+  const on = $('alerts-on');
+  const off = $('alerts-off');
+  const state = $('alerts-state');
+  if (!alertsSupported()) {
+    on.disabled = true;
+    off.hidden = true;
+    state.textContent = unsupportedReason();
+    return;
+  }
+  registerWorker().catch(() => {}); // so that an alert's click finds this page
+  const subscription = await currentSubscription().catch(() => null);
+  on.hidden = Boolean(subscription);
+  off.hidden = !subscription;
+  state.textContent = subscription ? 'Alerts are on for this browser.' : 'Alerts are off.';
+}
+
+async function onEnableAlerts() {
+  $('alerts-on').disabled = true;
+  try {
+    await enableAlerts(api);
+    showBanner('Alerts are on: this browser will be told when a device raises one.', 'info', { sticky: false });
+  } catch (err) {
+    showBanner(`Could not enable alerts: ${describe(err)}`);
+  } finally {
+    $('alerts-on').disabled = false;
+    updateAlerts();
+  }
+}
+
+async function onDisableAlerts() {
+  $('alerts-off').disabled = true;
+  try {
+    await disableAlerts(api);
+    showBanner('Alerts are off for this browser.', 'info', { sticky: false });
+  } catch (err) {
+    showBanner(`Could not disable alerts: ${describe(err)}`);
+  } finally {
+    $('alerts-off').disabled = false;
+    updateAlerts();
+  }
+}
+
+// -- start -----------------------------------------------------------------------------
+
+function wire() {
+  $('login-form').addEventListener('submit', onLogin);
+  $('logout').addEventListener('click', () => logout());
+  $('banner-close').addEventListener('click', hideBanner);
+  $('refresh').addEventListener('click', refreshDevices);
+  $('groups').addEventListener('change', onGroupsChanged);
+  $('hangup').addEventListener('click', () => endCall('You hung up.'));
+  $('unmute').addEventListener('click', unmute);
+  $('cmd-status').addEventListener('click', runStatus);
+  $('cmd-snapshot').addEventListener('click', runSnapshot);
+  $('alerts-on').addEventListener('click', onEnableAlerts);
+  $('alerts-off').addEventListener('click', onDisableAlerts);
+  wireTalkButton();
+  window.addEventListener('online', () => viewer.realtime?.nudge());
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState === 'visible') viewer.realtime?.nudge();
+  });
+  // Closing the tab hangs up, so the device frees the call at once.
+  window.addEventListener('pagehide', () => viewer.call?.hangup('The page was closed.'));
+  navigator.serviceWorker?.addEventListener('message', onWorkerMessage);
+}
+
+function boot() {
+  wire();
+  readIntent();
+  const saved = session.load();
+  if (saved) startSession(saved);
+  else showLogin();
+}
+
+boot();

@@ -1,0 +1,390 @@
+// One call to a device: RTCPeerConnection, signaling over the realtime connection, the
+// `control` data channel, push-to-talk and statistics.
+//
+// Signaling follows the hosted service's browser client (and so the agent's answering):
+// this side sends {sdpoffer: {type, sdp}} to the device's connection id, then trickles
+// {candidate: {candidate, sdpMid, sdpMLineIndex, usernameFragment}} with no end marker;
+// the device answers {sdpanswer}, then {pickup} when it takes the call; either side ends
+// with {hungup: USER_ID}.
+//
+// The offer does not wait for the microphone: audio goes out on a sendrecv transceiver
+// whose track is attached (replaceTrack) once getUserMedia answers, so a permission prompt
+// never delays the picture. The track stays disabled (silence) except while talk is held.
+
+import { summarize } from './stats.js';
+
+export const CallState = Object.freeze({
+  CALLING: 'calling',
+  ANSWERED: 'answered',
+  CONNECTED: 'connected',
+  ENDED: 'ended',
+});
+
+const RING_TIMEOUT_MS = 30000;
+const DISCONNECTED_GRACE_MS = 8000; // ICE may recover from 'disconnected' on its own
+const COMMAND_TIMEOUT_MS = 30000;
+const STATS_INTERVAL_MS = 1000;
+
+export class CallError extends Error {
+  constructor(code, message) {
+    super(message);
+    this.name = 'CallError';
+    this.code = code;
+  }
+}
+
+// Events: 'state' {state}, 'mic' {ready, message}, 'talk' {on}, 'notice' {code, message},
+// 'stats' (summary), 'frame' {count}, 'ended' {reason, message, error}.
+export class Call extends EventTarget {
+  constructor({ device, cid, realtime, iceServers = [], video, selfId, startedAt }) {
+    super();
+    this.device = device; // {user_id, name}
+    this.cid = cid;
+    this.realtime = realtime;
+    this.iceServers = iceServers;
+    this.video = video;
+    this.selfId = selfId;
+    this.state = CallState.CALLING;
+    this.metrics = { clickAt: startedAt ?? performance.now() };
+    this.localCandidates = [];
+    this.framesShown = 0;
+    this.mic = null;
+    this.stats = null;
+    this._remoteCandidates = [];
+    this._signals = Promise.resolve(); // remote signaling applied one at a time, in order
+    this._pending = new Map();
+    this._nextId = 1;
+    this._timers = new Set();
+  }
+
+  async start() {
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: 'max-bundle' });
+    this.pc = pc;
+    pc.addTransceiver('video', { direction: 'recvonly' });
+    this.audio = pc.addTransceiver('audio', { direction: 'sendrecv' });
+    this.control = pc.createDataChannel('control', { ordered: true });
+    this._wireControl(this.control);
+    pc.ontrack = (event) => this._onTrack(event);
+    pc.onicecandidate = (event) => this._onLocalCandidate(event.candidate);
+    pc.onconnectionstatechange = () => this._onConnectionState(pc.connectionState);
+    this._micReady = this._getMicrophone();
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    if (this.ended) return;
+    this.metrics.offerAt = performance.now();
+    if (!this.realtime.rtc(this.cid, { sdpoffer: { type: offer.type, sdp: offer.sdp } })) {
+      this._end('error', 'Not connected to the hub: the call could not be placed.');
+      return;
+    }
+    this._after(RING_TIMEOUT_MS, () => {
+      if (this.state !== CallState.CONNECTED) this.hangup('The device did not answer in time.');
+    });
+  }
+
+  get ended() { return this.state === CallState.ENDED; }
+
+  // A `rtc` content from the device's connection.
+  handleSignal(content) {
+    if (!content || typeof content !== 'object' || this.ended) return;
+    if (content.hungup) {
+      const before = this.state !== CallState.CONNECTED;
+      this._end('remote', before ? `${this.device.name} did not take the call.` : `${this.device.name} hung up.`);
+      return;
+    }
+    this._signals = this._signals
+      .then(() => this._applySignal(content))
+      .catch((err) => this._end('error', `Call setup failed: ${err.message || err}`));
+  }
+
+  hangup(message = 'You hung up.') {
+    if (this.ended) return;
+    this.realtime.rtc(this.cid, { hungup: this.selfId });
+    this._end('local', message);
+  }
+
+  // End without telling the device (it already knows: it refused, or it is gone).
+  abort(reason, message) {
+    this._end(reason, message);
+  }
+
+  // Push-to-talk: the microphone is live only while this is on.
+  talk(on) {
+    if (!this.mic || this.ended) return false;
+    this.mic.enabled = on;
+    this.dispatchEvent(new CustomEvent('talk', { detail: { on } }));
+    return true;
+  }
+
+  // A `control` command; resolves with its result (a Blob for binary results).
+  command(name, args = {}) {
+    if (!this.control || this.control.readyState !== 'open') {
+      return Promise.reject(new CallError('INVALID_REQUEST', 'The control channel is not open yet.'));
+    }
+    const id = this._nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._pending.delete(id);
+        reject(new CallError('TIMEOUT', `"${name}" got no answer in ${COMMAND_TIMEOUT_MS / 1000} s.`));
+      }, COMMAND_TIMEOUT_MS);
+      this._pending.set(id, { resolve, reject, timer, name, meta: null, chunks: [] });
+      this.control.send(JSON.stringify({ id, command: name, ...args }));
+    });
+  }
+
+  // -- signaling -----------------------------------------------------------------------
+
+  async _applySignal(content) {
+    if (this.ended) return;
+    if (content.candidate) await this._addRemoteCandidate(content.candidate);
+    if (content.pickup) this._pickedUp();
+    if (content.sdpanswer) {
+      await this.pc.setRemoteDescription(content.sdpanswer);
+      this.metrics.answerAt = performance.now();
+      if (this.state === CallState.CALLING) this._setState(CallState.ANSWERED);
+      const early = this._remoteCandidates.splice(0);
+      for (const candidate of early) await this._addRemoteCandidate(candidate);
+    }
+  }
+
+  async _addRemoteCandidate(candidate) {
+    if (!this.pc.remoteDescription) {
+      this._remoteCandidates.push(candidate);
+      return;
+    }
+    try {
+      await this.pc.addIceCandidate(candidate);
+    } catch (err) {
+      // One bad candidate must not end a call that other candidates can carry.
+      console.warn('ignored a remote candidate:', err);
+    }
+  }
+
+  _pickedUp() {
+    this.metrics.pickupAt = performance.now();
+    this._setState(CallState.CONNECTED);
+    this._startStats();
+  }
+
+  _onLocalCandidate(candidate) {
+    if (!candidate || !candidate.candidate || this.ended) return; // no end-of-candidates marker
+    const init = candidate.toJSON();
+    this.localCandidates.push(init.candidate);
+    this.realtime.rtc(this.cid, {
+      candidate: {
+        candidate: init.candidate,
+        sdpMid: init.sdpMid,
+        sdpMLineIndex: init.sdpMLineIndex,
+        usernameFragment: init.usernameFragment,
+      },
+    });
+  }
+
+  _onConnectionState(state) {
+    if (this.ended) return;
+    if (state === 'connected') {
+      this.metrics.connectedAt ??= performance.now();
+      clearTimeout(this._lost);
+      this.dispatchEvent(new CustomEvent('notice', { detail: { code: 'RECONNECTED', message: '' } }));
+    } else if (state === 'disconnected') {
+      this.dispatchEvent(new CustomEvent('notice', {
+        detail: { code: 'INTERRUPTED', message: 'The connection to the device is interrupted; waiting for it to come back…' },
+      }));
+      clearTimeout(this._lost);
+      this._lost = this._after(DISCONNECTED_GRACE_MS, () => {
+        if (this.pc.connectionState !== 'connected') this.hangup('The connection to the device was lost.');
+      });
+    } else if (state === 'failed') {
+      this.hangup('The connection to the device failed: no network route between you and it.');
+    }
+  }
+
+  // -- media ---------------------------------------------------------------------------
+
+  _onTrack(event) {
+    this.stream ??= new MediaStream();
+    this.stream.addTrack(event.track);
+    if (this.video.srcObject !== this.stream) {
+      this.video.srcObject = this.stream;
+      this._watchFrames();
+    }
+    this.dispatchEvent(new CustomEvent('track', { detail: { kind: event.track.kind } }));
+  }
+
+  // Counts frames shown; the first one's time is the call's time to first frame.
+  _watchFrames() {
+    const video = this.video;
+    if (typeof video.requestVideoFrameCallback === 'function') {
+      const onFrame = (now, meta) => {
+        if (this.ended || video.srcObject !== this.stream) return;
+        this.framesShown += 1;
+        if (this.framesShown === 1) this._firstFrame(meta.presentationTime || now, meta.receiveTime);
+        this.dispatchEvent(new CustomEvent('frame', { detail: { count: this.framesShown } }));
+        video.requestVideoFrameCallback(onFrame);
+      };
+      video.requestVideoFrameCallback(onFrame);
+    } else {
+      video.addEventListener('loadeddata', () => this._firstFrame(performance.now()), { once: true });
+    }
+  }
+
+  _firstFrame(at, receivedAt) {
+    this.metrics.firstFrameAt = at;
+    if (receivedAt) this.metrics.firstFrameReceivedAt = receivedAt;
+    performance.measure('call-setup', { start: this.metrics.clickAt, end: at });
+    this.dispatchEvent(new CustomEvent('firstframe', { detail: { ms: at - this.metrics.clickAt } }));
+  }
+
+  async _getMicrophone() {
+    if (!navigator.mediaDevices?.getUserMedia) {
+      this._micState(false, 'Push-to-talk needs a secure page (https:// or localhost): you can watch and listen only.');
+      return;
+    }
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({
+        audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+        video: false,
+      });
+    } catch (err) {
+      this._micState(false, microphoneProblem(err));
+      return;
+    }
+    const [track] = stream.getAudioTracks();
+    if (this.ended || !track) {
+      stream.getTracks().forEach((t) => t.stop());
+      return;
+    }
+    track.enabled = false;
+    await this.audio.sender.replaceTrack(track);
+    this.mic = track;
+    this.metrics.micAt = performance.now();
+    this._micState(true, '');
+  }
+
+  _micState(ready, message) {
+    this.dispatchEvent(new CustomEvent('mic', { detail: { ready, message } }));
+  }
+
+  // -- control channel -----------------------------------------------------------------
+
+  _wireControl(channel) {
+    channel.onopen = () => this.dispatchEvent(new CustomEvent('control', { detail: { open: true } }));
+    channel.onclose = () => {
+      this.dispatchEvent(new CustomEvent('control', { detail: { open: false } }));
+      this._failPending('The control channel closed.');
+    };
+    channel.onmessage = (event) => this._onControl(event.data);
+  }
+
+  _onControl(data) {
+    let message;
+    try {
+      message = JSON.parse(typeof data === 'string' ? data : new TextDecoder().decode(data));
+    } catch {
+      return;
+    }
+    const pending = message && this._pending.get(message.id);
+    if (!pending) {
+      if (message?.type === 'error' || message?.code) {
+        this.dispatchEvent(new CustomEvent('notice', { detail: { code: message.code, message: message.message } }));
+      }
+      return;
+    }
+    if ('chunk' in message) {
+      pending.chunks[message.chunk] = message.data;
+      if (pending.meta && pending.chunks.filter((c) => c !== undefined).length === pending.meta.chunks) {
+        this._settle(message.id, (p) => p.resolve(blobOf(p.meta, p.chunks)));
+      }
+    } else if (message.ok === false) {
+      const error = message.error || {};
+      this._settle(message.id, (p) => p.reject(new CallError(error.code || 'ERROR', error.message || 'The command failed.')));
+    } else if (message.result && message.result.encoding === 'base64' && message.result.chunks) {
+      pending.meta = message.result;
+    } else {
+      this._settle(message.id, (p) => p.resolve(message.result));
+    }
+  }
+
+  _settle(id, action) {
+    const pending = this._pending.get(id);
+    if (!pending) return;
+    this._pending.delete(id);
+    clearTimeout(pending.timer);
+    action(pending);
+  }
+
+  _failPending(message) {
+    for (const id of [...this._pending.keys()]) {
+      this._settle(id, (p) => p.reject(new CallError('CLOSED', message)));
+    }
+  }
+
+  // -- stats and ending ----------------------------------------------------------------
+
+  _startStats() {
+    if (this._statsTimer) return;
+    const tick = async () => {
+      if (this.ended) return;
+      try {
+        this.stats = summarize(await this.pc.getStats(), this.stats);
+        this.dispatchEvent(new CustomEvent('stats', { detail: this.stats }));
+      } catch {
+        // the connection closed between ticks
+      }
+    };
+    this._statsTimer = setInterval(tick, STATS_INTERVAL_MS);
+    tick();
+  }
+
+  _end(reason, message) {
+    if (this.ended) return;
+    this._setState(CallState.ENDED);
+    clearInterval(this._statsTimer);
+    for (const timer of this._timers) clearTimeout(timer);
+    this._failPending('The call ended.');
+    if (this.mic) this.mic.stop();
+    try {
+      this.pc?.close();
+    } catch {
+      // already closed
+    }
+    this.metrics.endedAt = performance.now();
+    this.dispatchEvent(new CustomEvent('ended', { detail: { reason, message } }));
+  }
+
+  _after(ms, fn) {
+    const timer = setTimeout(() => {
+      this._timers.delete(timer);
+      fn();
+    }, ms);
+    this._timers.add(timer);
+    return timer;
+  }
+
+  _setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this.dispatchEvent(new CustomEvent('state', { detail: { state } }));
+  }
+}
+
+function microphoneProblem(err) {
+  switch (err?.name) {
+    case 'NotAllowedError':
+    case 'SecurityError':
+      return 'Microphone blocked: allow it for this site, then call again to talk. You can still watch and listen.';
+    case 'NotFoundError':
+    case 'OverconstrainedError':
+      return 'No microphone found: you can watch and listen only.';
+    case 'NotReadableError':
+    case 'AbortError':
+      return 'The microphone is busy or failed (another app may be using it): you can watch and listen only.';
+    default:
+      return `The microphone is unavailable (${err?.message || err}): you can watch and listen only.`;
+  }
+}
+
+function blobOf(meta, chunks) {
+  const parts = chunks.map((text) => Uint8Array.from(atob(text), (c) => c.charCodeAt(0)));
+  return new Blob(parts, { type: meta.mime || 'application/octet-stream' });
+}

@@ -1,0 +1,454 @@
+"""The agent's durable alert outbox: written before sending, removed once the hub took it.
+
+Every alert gets an id and is committed to SQLite in the state directory (``outbox.db``,
+mode 0600, WAL with ``synchronous=FULL``: a committed alert survives a power cut) before
+``add`` returns. One task sends the rows oldest first through the injected ``deliver``
+(the hub's ``/api/push/send`` with the agent's token) and deletes a row only when
+``deliver`` returned, i.e. the hub answered 2xx. Failures are retried with capped
+exponential backoff and full jitter (:func:`agent.retry.backoff`) for as long as it takes:
+hub outages and agent restarts lose nothing, because rows left on disk are sent again by
+the next ``Outbox`` on the same file.
+
+Exactly once, as far as the phone can tell: a row is resent with the same id when the
+hub's answer was lost, and the hub acknowledges an id it has already accepted without
+pushing it again.
+
+Bounded: beyond ``max_rows`` the oldest rows are dropped, counted and logged. An alert
+older than its TTL is dropped as expired (RFC 8030 section 5.2: nobody wants a doorbell
+alert from yesterday); a younger one is sent with the TTL it has left. An alert the hub
+refuses for good (400, 403, ...: :func:`agent.push.policy.hub_rejected_for_good`) is
+dropped and counted as rejected, so one bad alert cannot block the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import os
+import random
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Protocol, Self
+
+from agent import retry
+from agent.errors import RealtimeError
+from agent.exposition import Exposition
+from agent.push.errors import HubRequestError, PushError
+from agent.push.policy import hub_rejected_for_good
+from agent.push.settings import OutboxSettings
+
+__all__ = [
+    "OUTBOX_FILE",
+    "AlertLike",
+    "Deliver",
+    "Outbox",
+    "OutboxState",
+    "OutboxStats",
+    "alert_request",
+    "is_final_rejection",
+]
+
+log = logging.getLogger(__name__)
+
+OUTBOX_FILE: Final = "outbox.db"
+_BUSY_TIMEOUT_MS: Final = 5000
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    alert_id TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    request TEXT NOT NULL
+)
+"""
+# Fields of an alert that the hub's send request takes, by the alert's own field name.
+_REQUEST_FIELDS: Final = {
+    "title": "title",
+    "body": "body",
+    "users": "users",
+    "roles": "roles",
+    "urgency": "urgency",
+    "ttl_seconds": "ttl",
+    "topic": "topic",
+    "device": "device",
+    "event": "event",
+    "time": "time",
+    "snapshot": "snapshot",
+    "call": "call",
+}
+
+Deliver = Callable[[dict[str, Any]], Awaitable[object]]
+
+
+class AlertLike(Protocol):
+    """Anything that can say what it is as JSON (``agent.events.Alert`` does)."""
+
+    def as_json(self) -> dict[str, Any]:
+        """The alert's fields."""
+        ...
+
+
+class OutboxState(enum.Enum):
+    """Where the sending task stands."""
+
+    STOPPED = "stopped"
+    IDLE = "idle"  # nothing to send
+    SENDING = "sending"
+    BACKING_OFF = "backing_off"  # the last delivery failed; waiting to retry
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    """What the outbox holds and has done since it was made."""
+
+    state: OutboxState
+    depth: int
+    delivered: int
+    dropped: int
+    expired: int
+    rejected: int
+    retries: int
+
+    def status_text(self) -> str:
+        """A short phrase for systemd's STATUS= line."""
+        text = f"{self.depth} alert(s) pending"
+        lost = {"dropped": self.dropped, "expired": self.expired, "rejected": self.rejected}
+        return text + "".join(f", {n} {what}" for what, n in lost.items() if n)
+
+    def render_metrics(self, prefix: str = "edge_agent_outbox_") -> str:
+        """Prometheus text exposition of these figures."""
+        out = Exposition(prefix)
+        out.add("depth", "gauge", "Alerts on disk not yet accepted by the hub.", self.depth)
+        for name, help_text in (
+            ("delivered", "Alerts the hub accepted."),
+            ("dropped", "Alerts dropped because the outbox was full."),
+            ("expired", "Alerts dropped because they outlived their TTL."),
+            ("rejected", "Alerts the hub refused for good."),
+            ("retries", "Deliveries to the hub retried."),
+        ):
+            out.add(f"{name}_total", "counter", help_text, getattr(self, name))
+        return out.render()
+
+
+def alert_request(alert: AlertLike | Mapping[str, Any], alert_id: str) -> dict[str, Any]:
+    """The ``/api/push/send`` body for ``alert`` (unset fields left out)."""
+    fields = dict(alert) if isinstance(alert, Mapping) else alert.as_json()
+    request: dict[str, Any] = {"id": alert_id}
+    for name, key in _REQUEST_FIELDS.items():
+        value = fields.get(name, fields.get(key))
+        if value is not None and value != [] and value is not False:
+            request[key] = list(value) if isinstance(value, tuple) else value
+    return request
+
+
+def is_final_rejection(exc: BaseException) -> bool:
+    """Whether ``exc`` says the hub will never accept this alert (drop it)."""
+    return isinstance(exc, HubRequestError) and hub_rejected_for_good(exc.status)
+
+
+class Outbox:
+    """A durable, bounded queue of alerts for the hub (see the module docstring)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        deliver: Deliver,
+        settings: OutboxSettings | None = None,
+        clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.path = path
+        self.settings = settings or OutboxSettings()
+        self._deliver = deliver
+        self._clock = clock
+        self._jitter = jitter
+        self._db: _OutboxDb | None = None
+        self._open_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._state = OutboxState.STOPPED
+        self._depth = 0
+        self._counts = {"delivered": 0, "dropped": 0, "expired": 0, "rejected": 0, "retries": 0}
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def depth(self) -> int:
+        """Alerts on disk not yet accepted by the hub."""
+        return self._depth
+
+    @property
+    def state(self) -> OutboxState:
+        """Where the sending task stands."""
+        return self._state
+
+    def stats(self) -> OutboxStats:
+        """Depth and counters, for STATUS= and metrics."""
+        return OutboxStats(self._state, self._depth, **self._counts)
+
+    async def start(self) -> None:
+        """Open the file and start sending what it holds (rows left by a previous run too)."""
+        await self._open()
+        if self._task is None:
+            self._set_state(OutboxState.IDLE)
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="push-outbox")
+
+    async def add(self, alert: AlertLike | Mapping[str, Any]) -> str:
+        """Commit ``alert`` to disk (then it will be sent); its id."""
+        db = await self._open()
+        alert_id = str(uuid.uuid4())
+        request = alert_request(alert, alert_id)
+        depth, dropped = await asyncio.to_thread(
+            db.insert, alert_id, self._clock(), request, self.settings.max_rows
+        )
+        self._set_depth(depth)
+        if dropped:
+            self._counts["dropped"] += len(dropped)
+            log.warning(
+                "alert outbox full (%d): dropped the oldest %d alert(s): %s",
+                self.settings.max_rows,
+                len(dropped),
+                ", ".join(dropped),
+            )
+        self._wake.set()
+        return alert_id
+
+    async def push(self, alert: AlertLike | Mapping[str, Any]) -> None:
+        """``add`` as the events engine's push handler (``ActionHandlers(push=...)``)."""
+        await self.add(alert)
+
+    async def wait_empty(self) -> None:
+        """Wait until every alert so far has been accepted by the hub (or dropped)."""
+        await self._empty.wait()
+
+    async def aclose(self) -> None:
+        """Stop sending and close the file; pending alerts stay on disk for the next start."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._set_state(OutboxState.STOPPED)
+        db, self._db = self._db, None
+        if db is not None:
+            await asyncio.to_thread(db.close)
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delays: Iterator[float] | None = None
+        while True:
+            row = await self._next_row()
+            self._set_state(OutboxState.SENDING)
+            try:
+                await self._send(row)
+            except _Expired:
+                await self._remove(row, "expired", "older than its TTL")
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if is_final_rejection(exc):
+                    await self._remove(row, "rejected", f"refused by the hub: {_describe(exc)}")
+                    continue
+                delays = delays or self._delays()
+                await self._back_off(row, exc, next(delays))
+                continue
+            delays = None
+            self._counts["delivered"] += 1
+            await self._remove(row, None, "")
+
+    async def _next_row(self) -> _Row:
+        db = await self._open()
+        while True:
+            self._wake.clear()  # before reading: an add() from now on wakes the wait below
+            row = await asyncio.to_thread(db.head)
+            if row is not None:
+                return row
+            self._set_state(OutboxState.IDLE)
+            await self._wake.wait()
+
+    async def _send(self, row: _Row) -> None:
+        ttl_left = row.ttl_left(self._clock())
+        if ttl_left is not None and ttl_left < 0:
+            raise _Expired
+        request = row.request if ttl_left is None else {**row.request, "ttl": ttl_left}
+        async with asyncio.timeout(self.settings.timeout_seconds):
+            await self._deliver(request)
+
+    async def _back_off(self, row: _Row, exc: Exception, delay: float) -> None:
+        self._counts["retries"] += 1
+        self._set_state(OutboxState.BACKING_OFF)
+        log.info(
+            "alert %s not accepted by the hub (%s); %d pending, retrying in %.1f s",
+            row.alert_id,
+            _describe(exc),
+            self._depth,
+            delay,
+        )
+        await asyncio.sleep(delay)
+
+    async def _remove(self, row: _Row, counter: str | None, why: str) -> None:
+        db = await self._open()
+        depth = await asyncio.to_thread(db.delete, row.alert_id)
+        if depth == 0:
+            self._set_state(OutboxState.IDLE)  # before wait_empty() wakes anyone
+        self._set_depth(depth)
+        if counter is not None:
+            self._counts[counter] += 1
+            log.warning("alert %s dropped: %s", row.alert_id, why)
+
+    def _delays(self) -> Iterator[float]:
+        s = self.settings
+        return retry.backoff(s.retry_initial_seconds, 2.0, s.retry_cap_seconds, self._jitter)
+
+    # -- state -----------------------------------------------------------------------------
+
+    async def _open(self) -> _OutboxDb:
+        if self._closed:
+            raise PushError(f"the alert outbox {self.path} is closed")
+        async with self._open_lock:
+            if self._db is None:
+                self._db = await asyncio.to_thread(_OutboxDb, self.path)
+                self._set_depth(await asyncio.to_thread(self._db.count))
+        return self._db
+
+    def _set_depth(self, depth: int) -> None:
+        self._depth = depth
+        if depth == 0:
+            self._empty.set()
+        else:
+            self._empty.clear()
+
+    def _set_state(self, state: OutboxState) -> None:
+        if state is not self._state:
+            log.debug("alert outbox: %s -> %s", self._state.value, state.value)
+            self._state = state
+
+
+class _Expired(Exception):
+    """An alert older than its TTL."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    alert_id: str
+    created_at: float
+    request: dict[str, Any]
+
+    def ttl_left(self, now: float) -> int | None:
+        ttl = self.request.get("ttl")
+        if not isinstance(ttl, int):
+            return None  # the hub's default applies
+        return ttl - int(max(0.0, now - self.created_at))
+
+
+class _OutboxDb:
+    """The outbox's SQLite file; synchronous, serialised by a lock (called in threads)."""
+
+    def __init__(self, path: Path) -> None:
+        _create_private_file(path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        # FULL: a commit is on disk before add() returns, even across a power cut.
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._db.execute(_SCHEMA)
+
+    def insert(
+        self, alert_id: str, created_at: float, request: dict[str, Any], max_rows: int
+    ) -> tuple[int, list[str]]:
+        """Add a row, dropping the oldest beyond ``max_rows``; (depth, dropped ids)."""
+        text = json.dumps(request, separators=(",", ":"), ensure_ascii=False)
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO outbox (alert_id, created_at, request) VALUES (?, ?, ?)",
+                (alert_id, created_at, text),
+            )
+            dropped = [
+                row[0]
+                for row in self._db.execute(
+                    "SELECT alert_id FROM outbox ORDER BY seq DESC LIMIT -1 OFFSET ?", (max_rows,)
+                )
+            ]
+            self._db.executemany("DELETE FROM outbox WHERE alert_id = ?", [(i,) for i in dropped])
+            return self._count(), list(reversed(dropped))
+
+    def head(self) -> _Row | None:
+        """The oldest row."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT alert_id, created_at, request FROM outbox ORDER BY seq LIMIT 1"
+            ).fetchone()
+        return None if row is None else _Row(row[0], row[1], json.loads(row[2]))
+
+    def delete(self, alert_id: str) -> int:
+        """Remove one row; the depth left."""
+        with self._transaction():
+            self._db.execute("DELETE FROM outbox WHERE alert_id = ?", (alert_id,))
+            return self._count()
+
+    def count(self) -> int:
+        """Rows on disk."""
+        with self._lock:
+            return self._count()
+
+    def close(self) -> None:
+        """Close the file."""
+        with self._lock:
+            self._db.close()
+
+    def _count(self) -> int:
+        row = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+        return int(row[0])
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+
+def _create_private_file(path: Path) -> None:
+    # SQLite creates missing files with the umask's mode; create it 0600 first.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, RealtimeError):
+        return f"{exc.code}: {exc.message}"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    return type(exc).__name__

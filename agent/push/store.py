@@ -1,0 +1,194 @@
+"""The hub's push database: browser subscriptions and the alert ids it has seen.
+
+SQLite in the state directory (``push.db``, mode 0600). The methods are synchronous; async
+callers wrap them in ``asyncio.to_thread``. Every change runs in one transaction that is
+rolled back whole when any statement fails, so a failed subscribe leaves nothing half done.
+
+Subscriptions: an endpoint is one browser on one device, so it belongs to one user: a
+subscribe from another account moves it (the browser now shows that account's alerts).
+A user keeps at most ``max_per_user`` subscriptions; a new one evicts the oldest, because
+the newest browser is the one in the user's hand and old ones are usually dead (a reset
+phone, a cleared browser) and would otherwise lock the user out until a push found them.
+
+Alert ids: an agent resends an alert whose answer it did not get; the id of every accepted
+alert is kept for ``keep_seconds`` so the resend is acknowledged without notifying twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from agent.push.subscriptions import Subscription
+
+__all__ = ["PUSH_DB_FILE", "StoredSubscription", "SubscriptionStore"]
+
+PUSH_DB_FILE: Final = "push.db"
+_BUSY_TIMEOUT_MS: Final = 5000
+# SQLite allows 32766 host parameters per statement; stay far below.
+_CHUNK: Final = 500
+_PRUNE_EVERY: Final = 256
+
+_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS subscriptions (
+        endpoint TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        p256dh TEXT NOT NULL,
+        auth TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS subscriptions_user ON subscriptions (user_id, created_at)",
+    """CREATE TABLE IF NOT EXISTS alert_ids (
+        sender TEXT NOT NULL,
+        alert_id TEXT NOT NULL,
+        seen_at REAL NOT NULL,
+        PRIMARY KEY (sender, alert_id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS alert_ids_seen ON alert_ids (seen_at)",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSubscription:
+    """A subscription and the user it belongs to."""
+
+    user_id: str
+    subscription: Subscription
+    created_at: float
+
+
+class SubscriptionStore:
+    """Subscriptions and seen alert ids in an SQLite file (mode 0600)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        _create_private_file(path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        # WAL: readers do not wait for the writer; NORMAL is durable against a crashed
+        # process (a power cut may forget the last commits: a subscribe to redo).
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        with self._transaction():
+            for statement in _SCHEMA:
+                self._db.execute(statement)
+        self._inserts = 0
+
+    def add(self, user_id: str, sub: Subscription, *, max_per_user: int) -> list[Subscription]:
+        """Store ``sub`` for ``user_id`` (replacing the same endpoint); the evicted ones."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO subscriptions VALUES (?, ?, ?, ?, ?) ON CONFLICT (endpoint) DO "
+                "UPDATE SET user_id = excluded.user_id, p256dh = excluded.p256dh, "
+                "auth = excluded.auth, created_at = excluded.created_at",
+                (sub.endpoint, user_id, sub.p256dh, sub.auth, time.time()),
+            )
+            rows = self._db.execute(
+                "SELECT endpoint, p256dh, auth FROM subscriptions WHERE user_id = ? "
+                "ORDER BY created_at DESC, rowid DESC LIMIT -1 OFFSET ?",
+                (user_id, max_per_user),
+            ).fetchall()
+            evicted = [Subscription(*row) for row in rows]
+            self._db.executemany(
+                "DELETE FROM subscriptions WHERE endpoint = ?", [(s.endpoint,) for s in evicted]
+            )
+        return evicted
+
+    def remove(self, user_id: str, endpoint: str) -> bool:
+        """Delete ``user_id``'s subscription at ``endpoint``; whether there was one."""
+        with self._transaction():
+            cursor = self._db.execute(
+                "DELETE FROM subscriptions WHERE user_id = ? AND endpoint = ?",
+                (user_id, endpoint),
+            )
+        return cursor.rowcount > 0
+
+    def remove_endpoint(self, endpoint: str, *, p256dh: str | None = None) -> bool:
+        """Delete the subscription at ``endpoint`` (only with these keys, if given)."""
+        sql, args = "DELETE FROM subscriptions WHERE endpoint = ?", [endpoint]
+        if p256dh is not None:
+            sql, args = sql + " AND p256dh = ?", [*args, p256dh]
+        with self._transaction():
+            cursor = self._db.execute(sql, args)
+        return cursor.rowcount > 0
+
+    def for_users(self, user_ids: Iterable[str]) -> list[StoredSubscription]:
+        """Every subscription of the given users."""
+        ids, found = list(dict.fromkeys(user_ids)), []
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            found += self._select(f"WHERE user_id IN ({marks})", chunk)
+        return found
+
+    def all(self) -> list[StoredSubscription]:
+        """Every subscription, oldest first."""
+        return self._select("", [])
+
+    def subscribed_users(self) -> list[str]:
+        """The users with at least one subscription."""
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT user_id FROM subscriptions").fetchall()
+        return [row[0] for row in rows]
+
+    def remember_alert(self, sender: str, alert_id: str, *, keep_seconds: float) -> bool:
+        """Record an accepted alert id; ``False`` if ``sender`` sent it before (a resend)."""
+        now = time.time()
+        with self._transaction():
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO alert_ids VALUES (?, ?, ?)", (sender, alert_id, now)
+            )
+            self._inserts += 1
+            if self._inserts % _PRUNE_EVERY == 0:
+                self._db.execute("DELETE FROM alert_ids WHERE seen_at < ?", (now - keep_seconds,))
+        return cursor.rowcount > 0
+
+    def forget_alert(self, sender: str, alert_id: str) -> None:
+        """Forget an alert id again (it was recorded but could not be handed on)."""
+        with self._transaction():
+            self._db.execute(
+                "DELETE FROM alert_ids WHERE sender = ? AND alert_id = ?", (sender, alert_id)
+            )
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _select(self, where: str, args: list[str]) -> list[StoredSubscription]:
+        sql = (
+            "SELECT user_id, endpoint, p256dh, auth, created_at FROM subscriptions "  # noqa: S608 (fixed clauses, bound values)
+            f"{where} ORDER BY created_at, rowid"
+        )
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [StoredSubscription(r[0], Subscription(r[1], r[2], r[3]), r[4]) for r in rows]
+
+
+def _create_private_file(path: Path) -> None:
+    # SQLite creates missing files with the umask's mode; create it 0600 first. Its WAL
+    # and shared-memory files take the database file's mode.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
