@@ -17,11 +17,9 @@ import builtins
 import enum
 import hashlib
 import hmac
-import os
 import re
 import secrets
 import sqlite3
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from typing import Final
 
 from agent.errors import AccountError
 from agent.protocol import is_user_id
+from agent.storage import PrivateDatabase
 
 __all__ = ["ACCOUNTS_FILE", "Account", "AccountStore", "Role", "check_password", "hash_password"]
 
@@ -44,7 +43,6 @@ _SCRYPT_R: Final = 8
 _SCRYPT_P: Final = 1
 _HASH_BYTES: Final = 32
 _SALT_BYTES: Final = 16
-_BUSY_TIMEOUT_MS: Final = 5000
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -80,10 +78,8 @@ class AccountStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        _create_private_file(path)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        self._store = PrivateDatabase(path)
+        self._lock, self._db = self._store.lock, self._store.connection
         self._db.execute(_SCHEMA)
 
     def add(self, name: str, password: str | None, role: Role = Role.USER) -> Account:
@@ -147,8 +143,7 @@ class AccountStore:
 
     def close(self) -> None:
         """Close the database."""
-        with self._lock:
-            self._db.close()
+        self._store.close()
 
     def _select(self, where: str, args: tuple[str, ...]) -> builtins.list[Account]:
         sql = f"SELECT user_id, name, role, created_at FROM accounts {where}"  # noqa: S608 (fixed clauses)
@@ -197,16 +192,6 @@ def _check_name(name: str) -> None:
     if is_user_id(name):
         # A recipient may be given by id or by name; a UUID-shaped name would be ambiguous.
         raise AccountError(f"Bad account name {name!r}: a name must not look like a user id.")
-
-
-def _create_private_file(path: Path) -> None:
-    # SQLite creates missing files with the umask's mode; create it 0600 first. Its journal
-    # files take the database file's mode.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
 
 
 def _b64(data: bytes) -> str:

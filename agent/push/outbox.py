@@ -27,10 +27,7 @@ import contextlib
 import enum
 import json
 import logging
-import os
 import random
-import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -45,6 +42,7 @@ from agent.exposition import Exposition
 from agent.push.errors import HubRequestError, PushError
 from agent.push.policy import hub_rejected_for_good
 from agent.push.settings import OutboxSettings
+from agent.storage import PrivateDatabase
 
 __all__ = [
     "OUTBOX_FILE",
@@ -60,7 +58,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OUTBOX_FILE: Final = "outbox.db"
-_BUSY_TIMEOUT_MS: Final = 5000
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -369,13 +366,10 @@ class _OutboxDb:
     """The outbox's SQLite file; synchronous, serialised by a lock (called in threads)."""
 
     def __init__(self, path: Path) -> None:
-        _create_private_file(path)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        self._db.execute("PRAGMA journal_mode = WAL")
         # FULL: a commit is on disk before add() returns, even across a power cut.
-        self._db.execute("PRAGMA synchronous = FULL")
+        self._store = PrivateDatabase(path, synchronous="FULL")
+        self._lock, self._db = self._store.lock, self._store.connection
+        self._transaction = self._store.transaction
         self._db.execute(_SCHEMA)
 
     def insert(
@@ -418,32 +412,11 @@ class _OutboxDb:
 
     def close(self) -> None:
         """Close the file."""
-        with self._lock:
-            self._db.close()
+        self._store.close()
 
     def _count(self) -> int:
         row = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
         return int(row[0])
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-
-def _create_private_file(path: Path) -> None:
-    # SQLite creates missing files with the umask's mode; create it 0600 first.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
 
 
 def _describe(exc: BaseException) -> str:

@@ -16,22 +16,18 @@ alert is kept for ``keep_seconds`` so the resend is acknowledged without notifyi
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from agent.push.subscriptions import Subscription
+from agent.storage import PrivateDatabase
 
 __all__ = ["PUSH_DB_FILE", "StoredSubscription", "SubscriptionStore"]
 
 PUSH_DB_FILE: Final = "push.db"
-_BUSY_TIMEOUT_MS: Final = 5000
 # SQLite allows 32766 host parameters per statement; stay far below.
 _CHUNK: Final = 500
 _PRUNE_EVERY: Final = 256
@@ -69,14 +65,11 @@ class SubscriptionStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        _create_private_file(path)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        # WAL: readers do not wait for the writer; NORMAL is durable against a crashed
-        # process (a power cut may forget the last commits: a subscribe to redo).
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")
+        # NORMAL is durable against a crashed process (a power cut may forget the last
+        # commits: a subscribe to redo).
+        self._store = PrivateDatabase(path, synchronous="NORMAL")
+        self._lock, self._db = self._store.lock, self._store.connection
+        self._transaction = self._store.transaction
         with self._transaction():
             for statement in _SCHEMA:
                 self._db.execute(statement)
@@ -160,19 +153,7 @@ class SubscriptionStore:
 
     def close(self) -> None:
         """Close the database."""
-        with self._lock:
-            self._db.close()
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        self._store.close()
 
     def _select(self, where: str, args: list[str]) -> list[StoredSubscription]:
         sql = (
@@ -182,13 +163,3 @@ class SubscriptionStore:
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
         return [StoredSubscription(r[0], Subscription(r[1], r[2], r[3]), r[4]) for r in rows]
-
-
-def _create_private_file(path: Path) -> None:
-    # SQLite creates missing files with the umask's mode; create it 0600 first. Its WAL
-    # and shared-memory files take the database file's mode.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
