@@ -1,0 +1,230 @@
+"""The device's own senses as one part: serial ports, event rules, the alert outbox, the
+local control socket, and the ``sensors`` / ``serial:NAME`` data channels of calls.
+
+The daemon makes one :class:`Sensing` once it has a hub client, starts it, and closes it
+on the way out. Alerts go through the durable outbox to the hub's push API; events and
+telemetry go to groups through the realtime connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.errors import EdgeAgentError, RealtimeError
+from agent.events.control import ControlServer, control_socket_path
+from agent.events.engine import ActionHandlers, EventEngine
+from agent.exposition import Exposition, labelled
+from agent.push.outbox import OUTBOX_FILE, Outbox
+from agent.sensors.framing import Reading
+from agent.sensors.hub import ReadingFilter, SensorHub
+
+if TYPE_CHECKING:
+    from agent.client import RealtimeClient
+    from agent.config import Settings
+    from agent.events.engine import Event
+    from agent.rtc.datachannels import ChannelRegistry, ChannelSession
+
+__all__ = ["Sensing"]
+
+log = logging.getLogger(__name__)
+
+ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class Sensing:
+    """Serial ports, event rules, outbox and control socket of one running agent."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        state_dir: Path,
+        client: RealtimeClient,
+        on_port: Callable[[str, bool], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._on_port = on_port
+        self.outbox = Outbox(
+            state_dir / OUTBOX_FILE, deliver=client.push_alert, settings=settings.push.outbox
+        )
+        actions = ActionHandlers(post=self._post, push=self.outbox.push, call=self._call_ready)
+        self.engine = EventEngine(
+            settings.events,
+            device=settings.name,
+            actions=actions,
+            groups=settings.groups,
+            serial=settings.serial,
+        )
+        telemetry = settings.sensors
+        self.sensors = SensorHub(
+            settings.serial,
+            device=settings.name,
+            post=self._post,
+            telemetry_seconds=telemetry.telemetry_seconds,
+            telemetry_groups=telemetry.telemetry_groups or settings.groups,
+            on_presence=self._presence,
+            queue_size=telemetry.queue_size,
+        )
+        self.sensors.add_listener(self.engine.on_reading)
+        self.control = ControlServer(control_socket_path(state_dir), self.engine.control_handlers())
+        self._stack = contextlib.AsyncExitStack()
+
+    def add_control(self, handlers: dict[str, ControlHandler]) -> None:
+        """Serve more operations on the control socket (``status`` comes from the daemon)."""
+        self.control.add_handlers(handlers)
+
+    def register_channels(self, registry: ChannelRegistry) -> None:
+        """Serve the ``sensors`` and ``serial:NAME`` data channels of calls."""
+        registry.register("sensors", self._serve_sensors)
+        registry.register("serial:", self._serve_serial, prefix=True)
+
+    async def start(self) -> None:
+        """Start the outbox (resending what a previous run left), rules, ports, socket."""
+        stack = self._stack
+        await stack.enter_async_context(self.outbox)
+        await stack.enter_async_context(self.engine)
+        await stack.enter_async_context(self.sensors)
+        await stack.enter_async_context(self.control)
+
+    async def close(self) -> None:
+        """Stop in reverse order; what the outbox holds stays on disk for the next run."""
+        await self._stack.aclose()
+
+    def status(self) -> dict[str, Any]:
+        """Ports, rules and outbox, for the ``control`` channel and ``edge-agent status``."""
+        stats = self.outbox.stats()
+        return {
+            "sensors": self.sensors.status(),
+            "events": self.engine.status(),
+            "outbox": {"depth": stats.depth, "text": stats.status_text()},
+        }
+
+    def metrics(self) -> str:
+        """Prometheus text of sensor reads and errors, events fired, and the outbox."""
+        out = Exposition("edge_agent_")
+        ports = self.sensors.status()
+        out.add("sensor_up", "gauge", "Whether a serial port is open.", _per(ports, "port", _is_up))
+        out.add(
+            "sensor_readings_total",
+            "counter",
+            "Readings parsed, by port.",
+            _per(ports, "port", lambda p: _count(p, "readings")),
+        )
+        out.add(
+            "sensor_errors_total",
+            "counter",
+            "Bad data skipped and outages, by port.",
+            _per(ports, "port", _errors),
+        )
+        rules = self.engine.status()
+        out.add(
+            "events_fired_total",
+            "counter",
+            "Event rules fired, by rule.",
+            _per(rules, "rule", lambda r: _count(r, "fired")),
+        )
+        return out.render() + self.outbox.stats().render_metrics()
+
+    # -- actions and data channels ---------------------------------------------------------
+
+    async def _post(self, group: str, payload: Any) -> None:
+        try:
+            await self._client.post_realtime(payload, group)
+        except RealtimeError as exc:
+            # Group posts are live news; alerts are the durable path (the outbox).
+            log.warning(
+                "could not post to group %s: %s", group, exc.message, extra={"group": group}
+            )
+
+    async def _call_ready(self, event: Event) -> None:
+        # The alert itself carries the viewer link that opens a call to this device; the
+        # device is always ready to answer, so there is nothing more to prepare.
+        log.info("event %s asks for a call", event.name, extra={"event": event.name})
+
+    def _presence(self, name: str, up: bool) -> None:
+        self.engine.on_device("serial", name, up)
+        if self._on_port is not None:
+            self._on_port(name, up)
+
+    async def _serve_sensors(self, session: ChannelSession) -> None:
+        subscription = self.sensors.subscribe(ReadingFilter())
+        pump = asyncio.create_task(_pump(subscription, session))
+        try:
+            async for message in session.messages():
+                subscription.filter = _filter_or_error(message, session) or subscription.filter
+        finally:
+            pump.cancel()
+            subscription.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+
+    async def _serve_serial(self, session: ChannelSession) -> None:
+        name = session.label.removeprefix("serial:")
+        try:
+            bridge = self.sensors.bridge(name)
+        except EdgeAgentError as exc:
+            session.send_json(_error("FORBIDDEN", str(exc)))
+            return
+        pump = asyncio.create_task(_pump(bridge.readings, session))
+        try:
+            async for message in session.messages():
+                await _write(bridge, message, session)
+        finally:
+            pump.cancel()
+            bridge.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+
+
+async def _pump(readings: Any, session: ChannelSession) -> None:
+    reading: Reading
+    async for reading in readings:
+        session.send_json(reading.as_json())
+
+
+def _filter_or_error(message: str | bytes, session: ChannelSession) -> ReadingFilter | None:
+    try:
+        return ReadingFilter.from_json(json.loads(message))
+    except ValueError as exc:
+        session.send_json(_error("INVALID_PARAMETER", f"bad sensors filter: {exc}"))
+        return None
+
+
+async def _write(bridge: Any, message: str | bytes, session: ChannelSession) -> None:
+    try:
+        await bridge.write(message)
+    except EdgeAgentError as exc:
+        session.send_json(_error("FORBIDDEN", getattr(exc, "message", str(exc))))
+    else:
+        session.send_json({"ok": True, "written": len(message)})
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": code, "message": message}}
+
+
+def _per(
+    items: dict[str, Any], label: str, value: Callable[[dict[str, Any]], float]
+) -> list[tuple[str, float]]:
+    return labelled(label, {name: value(item) for name, item in items.items()})
+
+
+def _count(item: dict[str, Any], key: str) -> float:
+    found = item.get(key)
+    return found if isinstance(found, int | float) else 0
+
+
+def _is_up(port: dict[str, Any]) -> float:
+    return 1 if port.get("state") == "open" else 0
+
+
+def _errors(port: dict[str, Any]) -> float:
+    bad = port.get("bad_data")
+    total = sum(bad.values()) if isinstance(bad, dict) else 0
+    return total + _count(port, "outages")
