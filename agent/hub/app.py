@@ -27,6 +27,7 @@ from agent.hub import listing
 from agent.hub.accounts import Account, AccountStore, Role
 from agent.hub.backplane import Backplane
 from agent.hub.connection import ASGISend
+from agent.hub.devices_api import add_device_routes
 from agent.hub.limits import LimitSettings
 from agent.hub.metrics import CONTENT_TYPE, HubMetrics
 from agent.hub.push_api import add_push_routes
@@ -251,6 +252,7 @@ def create_app(services: HubServices) -> FastAPI:
     _add_api_routes(app, services)
     if services.push is not None:
         add_push_routes(app, services.push, current_account=_current_account)
+    add_device_routes(app, services, current_account=_current_account)
     if services.static_dir.is_dir():
         # Last, so that it only answers what no route above matched: the viewer at "/".
         app.mount("/", StaticFiles(directory=services.static_dir, html=True))

@@ -11,24 +11,28 @@ one of those groups only. The caller itself is never listed.
 (none by default: a call on the local network needs no STUN, and a public STUN fallback
 costs seconds offline) and which groups to join to see devices.
 
-Both routes take the app's bearer-token dependency, so authentication lives in one place.
+Both routes take the app's own bearer-token dependency (passed in, so authentication lives
+in one place and this module does not import the app).
+
+This module does not use ``from __future__ import annotations``: FastAPI reads the route
+signatures at definition time, and they name the injected dependency, a local variable.
 """
 
-from __future__ import annotations
-
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
-from fastapi import FastAPI, Query
+from fastapi import Depends, FastAPI, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.routing import Mount
 
 from agent.hub.accounts import Account, Role
-from agent.hub.app import Authed, HubServices
 from agent.hub.backplane import Backplane, Member
 from agent.protocol import CID_PREFIX
+
+if TYPE_CHECKING:
+    from agent.hub.app import HubServices
 
 __all__ = [
     "DEFAULT_VIEWER_GROUPS",
@@ -88,15 +92,17 @@ class _Online:
 
 def add_device_routes(
     app: FastAPI,
-    services: HubServices,
+    services: "HubServices",
     *,
+    current_account: Callable[..., Awaitable[Account]],
     ice_servers: Sequence[IceServerItem] = (),
     groups: Sequence[str] = DEFAULT_VIEWER_GROUPS,
 ) -> None:
     """Add ``/api/devices`` and ``/api/viewer/config`` to ``app`` (once).
 
-    The viewer's files are mounted at ``/``, and a mount matches every path, so the mount
-    is moved behind the new routes.
+    ``current_account`` is the app's bearer-token dependency. The viewer's files are
+    mounted at ``/``, and a mount matches every path, so the mount is moved behind the new
+    routes.
     """
     if has_device_routes(app):
         return
@@ -104,14 +110,16 @@ def add_device_routes(
 
     @app.get(DEVICES_PATH, tags=_TAGS)
     async def devices(
-        account: Authed,
+        account: Annotated[Account, Depends(current_account)],
         group: Annotated[str | None, Query(max_length=128)] = None,
     ) -> list[DeviceItem]:
         """Online devices in the caller's groups (or in one of them)."""
         return await online_devices(services, account, only_group=group)
 
     @app.get(VIEWER_CONFIG_PATH, tags=_TAGS)
-    async def viewer_config(account: Authed) -> ViewerConfig:
+    async def viewer_config(
+        account: Annotated[Account, Depends(current_account)],
+    ) -> ViewerConfig:
         """ICE servers for calls and the groups to join."""
         return config
 
@@ -124,7 +132,7 @@ def has_device_routes(app: FastAPI) -> bool:
 
 
 async def online_devices(
-    services: HubServices, caller: Account, *, only_group: str | None = None
+    services: "HubServices", caller: Account, *, only_group: str | None = None
 ) -> list[DeviceItem]:
     """The devices sharing a group with one of ``caller``'s connections, by name."""
     backplane = services.backplane
@@ -177,7 +185,7 @@ def _collect(by_group: Iterable[tuple[str, list[Member]]], *, exclude: str) -> l
     ]
 
 
-def _roles_of(services: HubServices, user_ids: Iterable[str]) -> dict[str, tuple[str, Role]]:
+def _roles_of(services: "HubServices", user_ids: Iterable[str]) -> dict[str, tuple[str, Role]]:
     """Name and role of each account that still exists (sqlite: run in a thread)."""
     found: dict[str, tuple[str, Role]] = {}
     for user_id in user_ids:

@@ -55,7 +55,7 @@ export async function enableAlerts(api) {
         applicationServerKey: base64UrlToBytes(key),
       });
     } catch (err) {
-      throw new Error(`The browser's push service refused the subscription (${err.message || err.name}). It needs an internet connection.`);
+      throw new Error(pushServiceProblem(err));
     }
   }
   try {
@@ -79,6 +79,17 @@ export async function disableAlerts(api) {
   await subscription.unsubscribe();
   if (hubError) throw new Error(`Alerts are off in this browser, but the hub could not be told: ${hubError.message}`);
   return true;
+}
+
+function pushServiceProblem(err) {
+  const detail = err?.message || err?.name || String(err);
+  if (err?.name === 'NotAllowedError') {
+    return `The browser does not allow push messages for this page (${detail}): check the site's notification settings.`;
+  }
+  if (err?.name === 'AbortError') {
+    return `The browser's push service could not be reached (${detail}): alerts need this device to be online.`;
+  }
+  return `The browser's push service refused the subscription (${detail}).`;
 }
 
 function subscriptionBody(subscription) {

@@ -26,7 +26,9 @@ const viewer = {
   realtime: null,
   config: DEFAULT_CONFIG,
   link: LinkState.CLOSED,
+  linkHistory: [],
   intent: null,
+  wanted: null,
   errors: [],
 };
 window.viewer = viewer;
@@ -177,6 +179,7 @@ function onLinkState({ state, delay }) {
 
 function setLink(state) {
   viewer.link = state;
+  viewer.linkHistory.push(state);
   $('link').textContent = state;
   $('link').dataset.state = state;
 }
@@ -195,6 +198,7 @@ function onFrame(frame) {
   switch (frame.type) {
     case 'rtc':
       if (viewer.call && frame.cid === viewer.call.cid) viewer.call.handleSignal(frame.content);
+      else if (frame.content?.sdpoffer && frame.cid) declineCall(frame.cid);
       break;
     case 'private':
       onPrivate(frame);
@@ -210,19 +214,35 @@ function onFrame(frame) {
   }
 }
 
+// The viewer places calls; it does not take them. Saying so at once spares the caller
+// its ring timeout.
+function declineCall(cid) {
+  viewer.realtime?.rtc(cid, { hungup: viewer.user?.user_id || true });
+}
+
 function onPrivate(frame) {
   const content = frame.content;
   if (!content || typeof content !== 'object' || frame.sender === viewer.user?.user_id) return;
   const call = viewer.call || viewer.lastCall;
   const fromCallee = call && call.device.user_id === frame.sender;
   if (content.type === 'call_refused') {
-    // The device hangs up and then says why: busy, or this account may not call it.
-    const message = content.message || `${call?.device.name || 'The device'} refused the call.`;
-    if (fromCallee && viewer.call) endCall(message, 'refused');
+    // The device hangs up and then says why: busy, or this account may not call it. The
+    // message goes to every tab of this account, so only a tab whose call to that device
+    // was not taken shows it.
+    if (!fromCallee || !refusedHere(call)) return;
+    const message = content.message || `${call.device.name} refused the call.`;
+    if (viewer.call === call) endCall(message, 'refused');
     showBanner(message, 'error');
   } else if (content.type === 'error' && fromCallee) {
     showBanner(`${call.device.name}: ${content.message}`, 'warn');
   }
+}
+
+const REFUSAL_WINDOW_MS = 10000;
+
+function refusedHere(call) {
+  if (call.metrics.pickupAt !== undefined) return false;
+  return !call.ended || performance.now() - call.metrics.endedAt < REFUSAL_WINDOW_MS;
 }
 
 function onHubError(frame) {
@@ -268,7 +288,7 @@ function renderDevices() {
     const item = document.createElement('li');
     item.className = 'device';
     item.dataset.name = device.name;
-    if (viewer.intent?.device === device.name) item.classList.add('wanted');
+    if ((viewer.intent?.device || viewer.wanted) === device.name) item.classList.add('wanted');
     const label = document.createElement('div');
     label.className = 'device-label';
     const name = document.createElement('strong');
@@ -295,7 +315,7 @@ function readIntent() {
   const params = new URLSearchParams(location.search);
   const device = params.get('device');
   if (device) {
-    viewer.intent = { device, call: params.get('call') === '1', until: Date.now() + INTENT_WAIT_MS };
+    viewer.intent = { device, call: params.get('call') === '1' };
   }
   if (params.has('device') || params.has('call')) {
     history.replaceState(null, '', location.pathname); // keep the address bar clean
@@ -307,15 +327,18 @@ function applyIntent() {
   if (!intent || !viewer.user || !viewer.devicesLoaded) return;
   const device = viewer.devices.find((d) => d.name === intent.device);
   if (!device) {
-    if (Date.now() > intent.until) {
+    // It may be on its way (an alert can beat the device's reconnect): the device list
+    // follows join notices, so wait for it a while.
+    intent.timer ??= setTimeout(() => {
+      if (viewer.intent !== intent) return;
       viewer.intent = null;
       showBanner(`${intent.device} is not online right now.`, 'warn');
-    } else {
-      setTimeout(applyIntent, 2000);
-    }
+    }, INTENT_WAIT_MS);
     return;
   }
+  clearTimeout(intent.timer);
   viewer.intent = null;
+  viewer.wanted = device.name; // stays highlighted: this is the device the alert was about
   const item = document.querySelector(`.device[data-name="${CSS.escape(device.name)}"]`);
   item?.scrollIntoView({ block: 'center' });
   if (intent.call && !viewer.call) startCall(device, performance.now());
@@ -324,7 +347,7 @@ function applyIntent() {
 function onWorkerMessage(event) {
   const data = event.data;
   if (data?.type !== 'open-device' || !data.device) return;
-  viewer.intent = { device: data.device, call: Boolean(data.call), until: Date.now() + INTENT_WAIT_MS };
+  viewer.intent = { device: data.device, call: Boolean(data.call) };
   if (viewer.user) refreshDevices();
   else showLogin();
 }

@@ -67,7 +67,10 @@ export class Call extends EventTarget {
     pc.ontrack = (event) => this._onTrack(event);
     pc.onicecandidate = (event) => this._onLocalCandidate(event.candidate);
     pc.onconnectionstatechange = () => this._onConnectionState(pc.connectionState);
-    this._micReady = this._getMicrophone();
+    // The call may end while the prompt is up; a late replaceTrack then has nothing to do.
+    this._micReady = this._getMicrophone().catch((err) => {
+      if (!this.ended) this._micState(false, `The microphone could not be attached (${err.message || err}).`);
+    });
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
     if (this.ended) return;
