@@ -26,8 +26,11 @@ How it behaves where the reference leaves room:
   in order, fed by a bounded queue; each ``messages()`` stream has its own bounded queue.
   When a queue is full the oldest message is dropped, and the consumer next receives an
   ``error`` message with code ``MESSAGES_DROPPED`` saying how many were lost.
-- ``#rtc`` frames go to :meth:`RealtimeClient.on_rtc_frame` (or a handler registered with
-  :meth:`RealtimeClient.set_rtc_handler`); by default they are dropped.
+- ``#rtc`` frames go to :meth:`RealtimeClient.on_rtc_frame`: to a handler registered with
+  :meth:`RealtimeClient.set_rtc_handler`, else to the client's calls (:mod:`agent.rtc`),
+  which place calls (:meth:`RealtimeClient.connect_rtc`) and ring with ``rtc:incoming``
+  messages carrying ``connect_rtc`` and ``hangup``; ``rtc:closed`` says the other side hung
+  up. Closing the client hangs up its calls.
 
 Secrets: the token travels in the ``?token=`` query (browsers cannot set headers on a
 WebSocket) and in the ``Authorization`` header of HTTP calls; it is never logged, and the
@@ -37,6 +40,8 @@ WebSocket) and in the ``Authorization`` header of HTTP calls; it is never logged
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import enum
 import inspect
@@ -47,8 +52,8 @@ import ssl
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Final, Self, TypeAlias
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Self, TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
@@ -78,6 +83,11 @@ from agent.protocol import (
     scid_of,
 )
 from agent.push.client_methods import PushMethods
+
+if TYPE_CHECKING:
+    from agent.rtc.engine import RtcConnector, RtcEngine
+    from agent.rtc.media import MediaDevices
+    from agent.rtc.peer import EventCallback, PeerFactory
 
 __all__ = [
     "DROPPED_CODE",
@@ -138,6 +148,11 @@ class RealtimeMessage:
     sender_cid: str | None = None
     sender_rid: str | None = None
     code: str | None = None
+    # rtc:incoming only: take the call (``await message.connect_rtc(media=...)``) or refuse it.
+    connect_rtc: Callable[..., Awaitable[Any]] | None = field(
+        default=None, compare=False, repr=False
+    )
+    hangup: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
 
 
 class ConnectionState(enum.Enum):
@@ -225,6 +240,8 @@ class RealtimeClient(PushMethods):
         max_frame_bytes: int = _MAX_FRAME_BYTES,
         ssl_context: ssl.SSLContext | None = None,
         session: aiohttp.ClientSession | None = None,
+        rtc_factory: PeerFactory | None = None,
+        media_devices: MediaDevices | None = None,
     ) -> None:
         """Prepare a client; nothing connects until :meth:`connect_realtime`.
 
@@ -240,6 +257,11 @@ class RealtimeClient(PushMethods):
             max_frame_bytes: Largest frame this client sends (the hub closes on bigger).
             ssl_context: TLS settings for ``wss``/``https`` (e.g. a LAN hub's own CA).
             session: An ``aiohttp`` session to use for HTTP calls (not closed here).
+            rtc_factory: Makes the peer connections of calls: ICE servers, host addresses,
+                certificate (default: no ICE servers, every address; closed with the client
+                only when made here).
+            media_devices: This side's camera and microphone for ``media`` flags in
+                ``connect_rtc`` (default: none, so a flag raises DEVICE_NOT_FOUND).
 
         Raises:
             RealtimeError: INVALID_PARAMETER when the URL or token is malformed.
@@ -270,6 +292,10 @@ class RealtimeClient(PushMethods):
         self._callback_queue: _MessageQueue | None = None
         self._streams: weakref.WeakSet[MessageStream] = weakref.WeakSet()
         self._rtc_handler: RtcHandler | None = None
+        self._rtc_factory = rtc_factory
+        self._media_devices = media_devices
+        self._rtc: RtcEngine | None = None
+        self._own_factory: PeerFactory | None = None
 
     def __repr__(self) -> str:
         return f"<RealtimeClient {self._url} {self._state.value}>"
@@ -301,6 +327,11 @@ class RealtimeClient(PushMethods):
     def http_url(self) -> str:
         """The base URL of the hub's HTTP API."""
         return self._http_url
+
+    @property
+    def user_id(self) -> str | None:
+        """This client's user id (the ``sub`` of its token), if the token says."""
+        return _token_subject(self._token)
 
     async def connect_realtime(self, callback: Callback) -> None:
         """Connect and keep connected, reporting to ``callback`` (sync or async).
@@ -464,7 +495,11 @@ class RealtimeClient(PushMethods):
         return await self._post("/api/realtime/users", body)
 
     async def close_realtime(self) -> None:
-        """Stop reconnecting, close the connection and emit ``close``; safe to call twice."""
+        """Hang up calls, stop reconnecting, close the connection and emit ``close``.
+
+        Safe to call twice.
+        """
+        await self._close_rtc()
         runner, self._runner = self._runner, None
         if runner is not None:
             if not runner.done():
@@ -481,11 +516,72 @@ class RealtimeClient(PushMethods):
         self._rtc_handler = handler
 
     def on_rtc_frame(self, frame: HubFrame) -> None:
-        """Handle one ``#rtc`` frame: the registered handler's, else dropped. Overridable."""
-        if self._rtc_handler is None:
-            log.debug("no rtc handler; dropped an rtc frame from %s", frame.scid)
-            return
-        self._rtc_handler(frame)
+        """Handle one ``#rtc`` frame: the registered handler's, else the calls'. Overridable."""
+        if self._rtc_handler is not None:
+            self._rtc_handler(frame)
+        else:
+            self.rtc.handle_frame(frame)
+
+    @property
+    def rtc(self) -> RtcEngine:
+        """This client's calls (made on first use)."""
+        if self._rtc is None:
+            from agent.rtc.engine import RtcEngine
+            from agent.rtc.peer import PeerFactory
+
+            factory = self._rtc_factory
+            if factory is None:
+                factory = self._own_factory = PeerFactory()
+            self._rtc = RtcEngine(
+                self.send_rtc,
+                local_id=self.user_id or "",
+                factory=factory,
+                media_devices=self._media_devices,
+                on_incoming=self._ring,
+                on_closed=self._rtc_closed,
+            )
+        return self._rtc
+
+    async def connect_rtc(
+        self,
+        *,
+        cid: str,
+        ice: Any = None,
+        media: Any = None,
+        channels: Any = None,
+        callback: EventCallback | None = None,
+    ) -> RtcConnector:
+        """Call connection ``cid`` (the reference's connectRTC); returns once the offer is sent.
+
+        Args:
+            cid: The connection to call, ``cid:...`` (a ``sender_cid``, or a
+                ``connection_id`` from :meth:`get_realtime_users`).
+            ice: ICE servers: a URL, or a list of URLs or ``{urls, username, credential}``
+                (default: the factory's; never an implicit public server).
+            media: ``{"video": X, "audio": Y}`` with each ``True`` (this side's device),
+                a track, or ``False`` (receive only); a ``LocalMedia``; or None for data
+                channels only. See :mod:`agent.rtc.media`.
+            channels: Presets (``"text-chat"``, ``"file-transfer"``, ``"video-chat"``,
+                ``"voice-chat"``, ``"gaming"``) or options dicts; default one ordered
+                channel with protocol ``"default"``.
+            callback: Receives the RTC events (track, connectionstatechange, icecandidate,
+                open, message, close, ...) as dicts, in order; sync or async.
+
+        Returns:
+            An ``RtcConnector``: ``await connector.connection`` resolves on pickup to an
+            ``RtcConnection`` (``target``, ``channels``, ``media``, ``hangup()``);
+            ``connector.hangup()`` cancels the call.
+
+        Raises:
+            RealtimeError: INVALID_REQUEST with the reference's texts when there is no
+                open connection or a channel protocol repeats; DEVICE_NOT_FOUND when
+                ``media`` asks for a device this side does not have; INVALID_PARAMETER
+                for a malformed ``cid``, ``ice``, ``media`` or channel option.
+        """
+        self._require_connection()
+        if self._state is not ConnectionState.OPEN:
+            raise RealtimeError(Codes.INVALID_REQUEST, Texts.NOT_OPEN)
+        return await self.rtc.dial(cid, ice=ice, media=media, channels=channels, callback=callback)
 
     async def send_rtc(self, cid: str, content: dict[str, Any]) -> None:
         """Send an ``rtc`` signaling frame to connection ``cid`` (``cid:...``).
@@ -500,6 +596,28 @@ class RealtimeClient(PushMethods):
         action = Rtc(scid_of(cid), content)
         _check_action(action)
         await self._send(action)
+
+    def _ring(self, incoming: Any) -> None:
+        self.emit(
+            RealtimeMessage(
+                MessageType.RTC_INCOMING,
+                sender=incoming.user_id,
+                sender_cid=incoming.cid,
+                connect_rtc=incoming.connect_rtc,
+                hangup=incoming.hangup,
+            )
+        )
+
+    def _rtc_closed(self, cid: str, user_id: str | None, content: dict[str, Any]) -> None:
+        self.emit(RealtimeMessage(MessageType.RTC_CLOSED, content, user_id, cid))
+
+    async def _close_rtc(self) -> None:
+        engine, self._rtc = self._rtc, None
+        if engine is not None:
+            await engine.close()
+        factory, self._own_factory = self._own_factory, None
+        if factory is not None:
+            factory.close()
 
     def emit(self, message: RealtimeMessage) -> None:
         """Deliver ``message`` to the callback and every stream (never blocks)."""
@@ -835,6 +953,20 @@ def _error_message(frame: HubFrame) -> RealtimeMessage:
         code = content.get("code") if isinstance(content.get("code"), str) else frame.code
         return RealtimeMessage(MessageType.ERROR, content.get("message", content), code=code)
     return RealtimeMessage(MessageType.ERROR, content, code=frame.code)
+
+
+def _token_subject(token: str) -> str | None:
+    """The ``sub`` claim of a JWT, read without verifying it (it is our own token)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (ValueError, binascii.Error):
+        return None
+    subject = claims.get("sub") if isinstance(claims, dict) else None
+    return subject if isinstance(subject, str) else None
 
 
 def _check_ws_url(url: str) -> str:

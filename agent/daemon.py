@@ -1,8 +1,9 @@
 """The agent daemon: settings in, a supervised set of tasks out, until a signal ends it.
 
 It is the only module that knows every component. Today it keeps the hub connection (or
-runs an embedded hub when no hub URL is set), joins the configured groups, follows
-SIGHUP reloads and exits 0 on SIGTERM/SIGINT after ``close_realtime()``.
+runs an embedded hub when no hub URL is set), joins the configured groups, answers calls
+with the camera and microphone (``[calls]``, ``[video]``, ``[audio]``), follows SIGHUP
+reloads and exits 0 on SIGTERM/SIGINT after hanging up and ``close_realtime()``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from agent.client import RealtimeClient
     from agent.config import Settings
     from agent.hub.server import HubServer
+    from agent.media import MediaEvent, MediaHub, TalkbackSink
+    from agent.rtc.desk import CallDesk
+    from agent.rtc.peer import PeerFactory
 
 __all__ = ["Agent", "run_agent"]
 
@@ -54,6 +58,10 @@ class Agent:
         self.board = StatusBoard(self.notifier, AgentStatus(groups=tuple(settings.groups)))
         self.client: RealtimeClient | None = None
         self.hub: HubServer | None = None
+        self.media: MediaHub | None = None
+        self.talkback: TalkbackSink | None = None
+        self.desk: CallDesk | None = None
+        self.rtc_factory: PeerFactory | None = None
         self._stop = asyncio.Event()
         self._connected = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
@@ -138,8 +146,15 @@ class Agent:
 
     async def _connect(self, url: str, token: str) -> None:
         from agent.client import RealtimeClient
+        from agent.rtc.peer import PeerFactory
+        from agent.rtc.settings import ice_options
 
-        self.client = RealtimeClient(url, token=token)
+        # One DTLS certificate and one ICE policy for every call of this run.
+        self.rtc_factory = PeerFactory(
+            ice_options(self.settings.calls), video_codecs=self.settings.video.codecs
+        )
+        self.client = RealtimeClient(url, token=token, rtc_factory=self.rtc_factory)
+        self._start_calls(self.client)  # before connecting: an offer may be the first frame
         self._set_link(HubLink.CONNECTING)
         await self.client.connect_realtime(self._on_message)
         for index, group in enumerate(self.settings.groups):
@@ -168,6 +183,57 @@ class Agent:
         elif kind == "error":
             log.warning("hub: %s", getattr(message, "message", message))
 
+    # -- calls -----------------------------------------------------------------------------
+
+    def _start_calls(self, client: RealtimeClient) -> None:
+        """Answer calls with the configured camera, microphone and talk-back."""
+        settings = self.settings
+        if not settings.calls.enabled:
+            client.rtc.on_incoming = None  # refuse at once rather than ring unanswered
+            return
+        from agent.media import MediaHub, TalkbackSink
+        from agent.rtc.desk import AccountDirectory, CallDesk
+        from agent.rtc.settings import call_policy, media_config, sink_config
+
+        video, audio = settings.video, settings.audio
+        self.media = MediaHub(media_config(video, audio), on_event=self._media_event)
+        if audio.talkback:
+            self.talkback = TalkbackSink(sink_config(audio))
+        self.desk = CallDesk(
+            client,
+            device=settings.name,
+            policy=call_policy(settings.calls),
+            media=self.media,
+            talkback=self.talkback,
+            send_video=video.enabled,
+            send_audio=audio.enabled,
+            directory=AccountDirectory(self.hub.accounts) if self.hub is not None else None,
+            status_extra=self._status_fields,
+            on_calls=self._calls_changed,
+        )
+        self.desk.start()
+
+    def _calls_changed(self, count: int) -> None:
+        self.board.update(calls=count)
+
+    def _media_event(self, event: MediaEvent) -> None:
+        if self.desk is not None:
+            self.desk.media_event(event)
+
+    def _status_fields(self) -> dict[str, Any]:
+        status = self.board.status
+        return {"hub": status.hub.value, "groups": list(status.groups)}
+
+    async def _stop_calls(self) -> None:
+        if self.desk is not None:
+            await self.desk.stop()
+        if self.media is not None:
+            await self.media.close()
+        if self.talkback is not None:
+            await self.talkback.close()
+        if self.rtc_factory is not None:
+            self.rtc_factory.close()
+
     # -- status and shutdown ---------------------------------------------------------------
 
     def _set_link(self, link: HubLink) -> None:
@@ -182,6 +248,7 @@ class Agent:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
+        await self._stop_calls()
         if self.client is not None:
             with contextlib.suppress(EdgeAgentError):
                 await self.client.close_realtime()

@@ -375,6 +375,145 @@ def test_redaction_covers_any_secret_field_a_later_section_adds() -> None:
     assert "PRIVATE-KEY-PEM" not in json.dumps(data)
 
 
+# -- calls and media ------------------------------------------------------------------------
+
+
+def test_calls_video_and_audio_default_to_a_pattern_a_tone_and_people() -> None:
+    settings = load_settings()
+    assert settings.calls.max_calls == 4
+    assert settings.calls.allow_roles == ["admin", "user"]
+    assert settings.calls.ice_servers == []  # never an implicit public STUN server
+    assert (settings.calls.host_interfaces, settings.calls.host_addresses) == ([], [])
+    assert (settings.video.source, settings.video.width, settings.video.height) == (
+        "pattern",
+        640,
+        480,
+    )
+    assert settings.video.codecs == ["VP8", "H264"]
+    assert (settings.audio.source, settings.audio.sink) == ("tone", "null")
+
+
+def test_calls_and_media_from_toml_map_onto_the_engines(tmp_path: Path) -> None:
+    from agent.media import ExecConfig, FileSinkConfig, MicrophoneConfig, StreamFormat, VideoCodec
+    from agent.rtc.ice import IceServer
+    from agent.rtc.settings import call_policy, ice_options, media_config, sink_config
+
+    path = write(
+        tmp_path,
+        """
+        [calls]
+        allow_users = ["Alice"]
+        allow_groups = ["family"]
+        allow_roles = ["admin"]
+        max_calls = 2
+        host_addresses = ["192.0.2.10"]
+        ipv6 = false
+        [[calls.ice_servers]]
+        urls = "turn:turn.example.net:3478?transport=tcp"
+        username = "porch"
+        credential = "turn-secret"
+
+        [video]
+        source = "exec"
+        command = "rpicam-vid -t 0 --inline -o -"
+        fps = 25
+        codecs = ["h264"]
+        keyframe_interval = 30
+
+        [audio]
+        source = "alsa"
+        device = "plughw:1,0"
+        sink = "file"
+        file = "~/talkback.wav"
+        """,
+    )
+    settings = load_settings(path)
+    config = media_config(settings.video, settings.audio)
+    assert config.video == ExecConfig(
+        ("rpicam-vid", "-t", "0", "--inline", "-o", "-"), StreamFormat.H264, 25
+    )
+    assert config.audio == MicrophoneConfig("alsa", "plughw:1,0")
+    assert config.codecs == (VideoCodec.H264,)
+    assert config.encoder.keyframe_interval == 30
+    assert config.fallback is not None
+    assert (config.fallback.width, config.fallback.height) == (640, 480)
+    assert sink_config(settings.audio) == FileSinkConfig(Path("~/talkback.wav").expanduser())
+    ice = ice_options(settings.calls)
+    assert ice.servers == (
+        IceServer(("turn:turn.example.net:3478?transport=tcp",), "porch", "turn-secret"),
+    )
+    assert (ice.addresses, ice.ipv6) == (("192.0.2.10",), False)
+    policy = call_policy(settings.calls)
+    assert policy.allow_users == {"alice"}
+    assert (policy.allow_groups, policy.allow_roles, policy.max_calls) == (
+        {"family"},
+        {"admin"},
+        2,
+    )
+    assert "turn-secret" not in json.dumps(settings.redacted())
+
+
+def test_v4l2_pattern_and_sinks_map_too() -> None:
+    from agent.media import NullSinkConfig, SpeakerConfig, TestPatternConfig, ToneConfig, V4L2Config
+    from agent.rtc.settings import media_config, sink_config
+
+    settings = Settings(
+        video={"source": "v4l2", "device": "/dev/video2", "input_format": "mjpeg"},  # type: ignore[arg-type]
+        audio={"sink": "speaker", "tone_frequency": 1000},  # type: ignore[arg-type]
+    )
+    config = media_config(settings.video, settings.audio)
+    assert config.video == V4L2Config("/dev/video2", 640, 480, 30, "mjpeg")
+    assert config.audio == ToneConfig(frequency=1000)
+    assert sink_config(settings.audio) == SpeakerConfig("default")
+    assert sink_config(Settings().audio) == NullSinkConfig()
+    assert media_config(Settings().video, Settings().audio).video == TestPatternConfig()
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        ('[[calls.ice_servers]]\nurls = ["http://x"]', "calls.ice_servers[0].urls",
+         "is not a STUN or TURN URL"),
+        ('[[calls.ice_servers]]\nurls = ["turn:x"]', "calls.ice_servers[0]",
+         "needs username and credential"),
+        ('[calls]\nhost_addresses = ["10.0.0.300"]', "calls.host_addresses",
+         "is not an IP address"),
+        ('[calls]\nhost_interfaces = ["eth0; rm"]', "calls.host_interfaces",
+         "is not an interface name"),
+        ("[calls]\nmax_calls = 0", "calls.max_calls", "greater than or equal to 1"),
+        ('[calls]\nallow_roles = ["root"]', "calls.allow_roles[0]", "'admin', 'user'"),
+        ('[video]\nsource = "exec"', "video", 'needs command'),
+        ('[video]\nsource = "usb"', "video.source", "'pattern', 'v4l2' or 'exec'"),
+        ('[video]\ncodecs = ["AV1"]', "video.codecs[0]", "'VP8' or 'H264'"),
+        ('[video]\ninput_format = "MJPEG!"', "video.input_format", "not a V4L2 input format"),
+        ("[video]\nwidth = 8", "video.width", "greater than or equal to 16"),
+        ('[audio]\nsink = "file"', "audio", "needs file"),
+        ("[audio]\ntone_frequency = 440", "audio.tone_frequency", "multiple of 50 Hz"),
+        ("[audio]\nvolume = 3", "audio.volume", "unknown setting 'volume'"),
+    ],
+)  # fmt: skip
+def test_bad_calls_and_media_settings_are_named(
+    tmp_path: Path, text: str, key: str, message: str
+) -> None:
+    path = write(tmp_path, text + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert caught.value.key == key
+    assert message in str(caught.value)
+    assert caught.value.line is not None
+
+
+def test_the_doorbell_example_uses_the_pi_camera_and_a_turn_server() -> None:
+    doorbell = check_settings_file(CONFIG_DIR / "doorbell.toml")
+    assert doorbell.video.source == "exec"
+    assert doorbell.video.command[:2] == ["rpicam-vid", "-t"]
+    assert doorbell.video.codecs[0] == "H264"
+    assert doorbell.calls.host_interfaces == ["wlan0"]
+    turn = doorbell.calls.ice_servers[1]
+    assert turn.credential is not None
+    assert doorbell.redacted()["calls"]["ice_servers"][1]["credential"] == REDACTED
+
+
 # -- durations ------------------------------------------------------------------------------
 
 

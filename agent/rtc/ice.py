@@ -1,0 +1,247 @@
+"""ICE for calls: explicit servers, host candidates on chosen addresses, mDNS candidates.
+
+* **Servers are always explicit.** aiortc falls back to a public Google STUN server when a
+  configuration has no ``iceServers``; offline that costs about five seconds per call, and
+  it sends traffic nowhere the operator chose. Every ``RTCConfiguration`` built here lists
+  its servers, possibly none.
+* **Host candidates can be restricted** to given interfaces or addresses (a camera on a
+  LAN that must not offer its VPN or cellular address; loopback for tests). aioice binds
+  every address it finds and has no option for this, so the connection's candidates are
+  gathered here, with aioice's own routine, before aiortc asks for them.
+* **mDNS names** in remote candidates (browsers hide host addresses behind them) are
+  resolved by :class:`agent.rtc.mdns.MdnsResolver` before aiortc sees them, in SDP and in
+  trickled candidates, so they never reach aioice's resolver (see that module for why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import ifaddr
+from aioice.ice import TransportPolicy
+from aiortc import RTCIceServer, RTCPeerConnection
+from aiortc.rtcicetransport import RTCIceCandidate, RTCIceGatherer, parse_stun_turn_uri
+from aiortc.sdp import candidate_from_sdp
+
+from agent.errors import Codes, RealtimeError
+from agent.rtc.mdns import is_mdns_name
+from agent.rtc.signaling import IceCandidate
+
+__all__ = [
+    "IceOptions",
+    "IceServer",
+    "candidate_to_aiortc",
+    "ice_servers",
+    "local_candidates",
+    "restrict_gathering",
+    "sdp_mdns_names",
+    "sdp_with_hosts",
+    "select_host_addresses",
+    "system_addresses",
+]
+
+log = logging.getLogger(__name__)
+
+_CANDIDATE_LINE: Final = "a=candidate:"
+_MAX_SERVERS: Final = 8
+
+
+@dataclass(frozen=True, slots=True)
+class IceServer:
+    """A STUN or TURN server (W3C ``RTCIceServer``)."""
+
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
+
+    def to_aiortc(self) -> RTCIceServer:
+        """aiortc's server record."""
+        return RTCIceServer(list(self.urls), self.username, self.credential)
+
+
+@dataclass(frozen=True, slots=True)
+class IceOptions:
+    """How calls use ICE (from the ``[calls]`` settings; nothing by default)."""
+
+    servers: tuple[IceServer, ...] = ()
+    interfaces: tuple[str, ...] = ()  # host candidates only on these interfaces...
+    addresses: tuple[str, ...] = ()  # ...and these addresses; neither: every address
+    ipv6: bool = True
+    mdns: bool = True  # resolve remote mDNS candidates ourselves
+    mdns_timeout: float = 1.0
+
+
+def ice_servers(ice: Any, default: Sequence[IceServer]) -> list[IceServer]:
+    """The servers for ``ice`` (a URL, a list of URLs or server dicts, or None: ``default``).
+
+    Raises:
+        RealtimeError: INVALID_PARAMETER naming a malformed server.
+    """
+    if ice is None:
+        return list(default)
+    items = [ice] if isinstance(ice, str | Mapping | IceServer) else ice
+    if not isinstance(items, Iterable):
+        raise RealtimeError(Codes.INVALID_PARAMETER, '"ice" must be a URL or a list of servers.')
+    servers = [_server(item) for item in items if item != ""]
+    if len(servers) > _MAX_SERVERS:
+        raise RealtimeError(Codes.INVALID_PARAMETER, f"At most {_MAX_SERVERS} ICE servers.")
+    return servers
+
+
+def _server(item: Any) -> IceServer:
+    if isinstance(item, IceServer):
+        server = item
+    elif isinstance(item, str):
+        server = IceServer((item,))
+    elif isinstance(item, Mapping):
+        urls = item.get("urls")
+        urls = (urls,) if isinstance(urls, str) else tuple(urls or ())
+        server = IceServer(urls, item.get("username"), item.get("credential"))
+    else:
+        raise RealtimeError(Codes.INVALID_PARAMETER, "An ICE server is a URL or {urls, ...}.")
+    if not server.urls:
+        raise RealtimeError(Codes.INVALID_PARAMETER, "An ICE server needs at least one URL.")
+    for url in server.urls:
+        try:
+            parse_stun_turn_uri(url)
+        except (ValueError, TypeError) as exc:
+            raise RealtimeError(
+                Codes.INVALID_PARAMETER, f"Bad ICE server URL {url!r}: {exc}."
+            ) from exc
+    return server
+
+
+# -- host addresses ----------------------------------------------------------------------
+
+
+def system_addresses() -> list[tuple[str, str]]:
+    """(interface, address) for every address of this machine (IPv6 only if global)."""
+    found = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str):
+                found.append((str(adapter.nice_name), ip.ip))
+            elif ip.ip[2] == 0:  # scope id 0: not link-local, as aioice also requires
+                found.append((str(adapter.nice_name), ip.ip[0]))
+    return found
+
+
+def select_host_addresses(
+    available: Iterable[tuple[str, str]], options: IceOptions
+) -> list[str] | None:
+    """The addresses to gather host candidates on; None when nothing is restricted."""
+    if not options.interfaces and not options.addresses:
+        return None
+    wanted = {_normal(a) for a in options.addresses}
+    chosen: list[str] = []
+    for interface, address in available:
+        if interface not in options.interfaces and _normal(address) not in wanted:
+            continue
+        if not options.ipv6 and ipaddress.ip_address(address).version == 6:
+            continue
+        if address not in chosen:
+            chosen.append(address)
+    missing = wanted - {_normal(a) for a in chosen}
+    if missing:
+        log.warning("host candidate address(es) not on this machine: %s", ", ".join(missing))
+    return chosen
+
+
+def _normal(address: str) -> str:
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address
+
+
+async def restrict_gathering(pc: RTCPeerConnection, addresses: Sequence[str]) -> None:
+    """Gather ``pc``'s host candidates on ``addresses`` only (before setLocalDescription).
+
+    aiortc gathers in ``setLocalDescription`` through ``Connection.gather_candidates``,
+    which takes every address of the machine; a connection that has gathered already
+    skips that step, so gathering it here with the same aioice routine restricts it.
+    """
+    gatherers = [g for g in _gatherers(pc) if g.state == "new"]
+    await asyncio.gather(*(_gather(g, list(addresses)) for g in gatherers))
+
+
+def _gatherers(pc: RTCPeerConnection) -> list[RTCIceGatherer]:
+    transports = [t.sender.transport for t in pc.getTransceivers()]
+    if pc.sctp is not None:
+        transports.append(pc.sctp.transport)
+    gatherers: list[RTCIceGatherer] = []
+    for dtls in transports:
+        gatherer = dtls.transport.iceGatherer
+        if gatherer not in gatherers:
+            gatherers.append(gatherer)
+    return gatherers
+
+
+async def _gather(gatherer: RTCIceGatherer, addresses: list[str]) -> None:
+    # The same steps as aioice 0.13 Connection.gather_candidates, with our addresses.
+    connection = gatherer._connection
+    if connection._local_candidates_start:
+        return
+    connection._local_candidates_start = True
+    if connection._transport_policy is not TransportPolicy.ALL:
+        addresses = []  # RFC 9429 section 3.5.3: relay only
+    results = await asyncio.gather(
+        *(
+            connection.get_component_candidates(component=component, addresses=addresses)
+            for component in sorted(connection._components)
+        )
+    )
+    for candidates in results:
+        connection._local_candidates += candidates
+    connection._local_candidates_end = True
+
+
+def local_candidates(pc: RTCPeerConnection) -> list[RTCIceCandidate]:
+    """Every local candidate gathered for ``pc`` so far."""
+    found: list[RTCIceCandidate] = []
+    for gatherer in _gatherers(pc):
+        found += gatherer.getLocalCandidates()
+    return found
+
+
+# -- remote candidates -------------------------------------------------------------------
+
+
+def candidate_to_aiortc(candidate: IceCandidate) -> RTCIceCandidate:
+    """aiortc's candidate for a (checked) trickled candidate."""
+    result = candidate_from_sdp(candidate.candidate)
+    result.sdpMid = candidate.sdp_mid
+    result.sdpMLineIndex = candidate.sdp_mline_index
+    return result
+
+
+def sdp_mdns_names(sdp: str) -> set[str]:
+    """The mDNS names of the candidates in ``sdp``."""
+    names = set()
+    for line in sdp.splitlines():
+        if line.startswith(_CANDIDATE_LINE):
+            fields = line.split()
+            if len(fields) > 4 and is_mdns_name(fields[4]):
+                names.add(fields[4])
+    return names
+
+
+def sdp_with_hosts(sdp: str, resolved: Mapping[str, str | None]) -> str:
+    """``sdp`` with each mDNS candidate's name replaced by its address, or dropped."""
+    lines = []
+    for line in sdp.splitlines(keepends=True):
+        fields = line.split() if line.startswith(_CANDIDATE_LINE) else []
+        if len(fields) > 4 and fields[4] in resolved:
+            address = resolved[fields[4]]
+            if address is None:
+                continue
+            fields[4] = address
+            lines.append(" ".join(fields) + line[len(line.rstrip("\r\n")) :])
+        else:
+            lines.append(line)
+    return "".join(lines)
