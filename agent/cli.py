@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_user(commands)
     _add_token(commands)
     _add_config(commands)
+    _add_agent_control(commands)
     return parser
 
 
@@ -168,6 +169,19 @@ def _add_config(commands: _Commands) -> None:
     )
     show.add_argument("--json", action="store_true", help="JSON instead of TOML")
     show.set_defaults(handler=_cmd_config_show)
+
+
+def _add_agent_control(commands: _Commands) -> None:
+    trigger = commands.add_parser(
+        "trigger", parents=_options(), help="fire a manual event rule in the running agent"
+    )
+    trigger.add_argument("name", metavar="NAME", help="the rule's name in [[events]]")
+    trigger.set_defaults(handler=_cmd_trigger)
+    status = commands.add_parser(
+        "status", parents=_options(), help="tell how the running agent is doing, in words"
+    )
+    status.add_argument("--json", action="store_true", help="the raw answer, as JSON")
+    status.set_defaults(handler=_cmd_status)
 
 
 def _port(text: str) -> int:
@@ -271,6 +285,28 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     source = f"{args.config}" if args.config else "$EDGE_AGENT_CONFIG or defaults"
     print(f"# effective settings ({source}, then environment); secrets are redacted")
     print("\n".join(_toml_lines(data)))
+    return EXIT_OK
+
+
+def _cmd_trigger(args: argparse.Namespace) -> int:
+    from agent.events.control import control_socket_path, send_trigger
+
+    answer = send_trigger(control_socket_path(_state_dir(args)), args.name)
+    print(answer.get("message") or f"{args.name}: {answer.get('outcome')}")
+    return EXIT_OK if answer.get("outcome") == "fired" else EXIT_FAILED
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from agent.events.control import control_socket_path, request
+
+    answer = request(control_socket_path(_state_dir(args)), {"op": "status"})
+    if answer.get("ok") is not True:
+        raise EdgeAgentError(str(answer.get("error", "the agent refused the request")))
+    if args.json:
+        print(json.dumps(answer, indent=2, default=str))
+        return EXIT_OK
+    for line in answer.get("lines", []):
+        print(line)
     return EXIT_OK
 
 

@@ -167,6 +167,14 @@ class ConnectSettings(_Section):
         return None if value is None else _check_url(value, _WS_SCHEMES)
 
 
+class MetricsSettings(_Section):
+    """The agent's Prometheus endpoint ([metrics]): local by default."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
 class Settings(BaseSettings):
     """Every setting of the agent and the hub; later issues add sections."""
 
@@ -183,6 +191,7 @@ class Settings(BaseSettings):
     serial: list[SerialPortSettings] = Field(default_factory=list)
     sensors: SensorsSettings = Field(default_factory=lambda: SensorsSettings.model_validate({}))
     events: list[EventRule] = Field(default_factory=list)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     push: PushSettings = Field(default_factory=lambda: PushSettings.model_validate({}))
     calls: CallsSettings = Field(default_factory=lambda: CallsSettings.model_validate({}))
     video: VideoSettings = Field(default_factory=lambda: VideoSettings.model_validate({}))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError, EdgeAgentError
+from agent.exposition import Exposition, labelled
 from agent.systemd import AgentStatus, HubLink, Notifier, StatusBoard, start_watchdog
 
 if TYPE_CHECKING:
@@ -26,8 +27,11 @@ if TYPE_CHECKING:
     from agent.config import Settings
     from agent.hub.server import HubServer
     from agent.media import MediaEvent, MediaHub, TalkbackSink
+    from agent.media.hub import MediaStats
+    from agent.metrics import MetricsServer
     from agent.rtc.desk import CallDesk
     from agent.rtc.peer import PeerFactory
+    from agent.sensing import Sensing
 
 __all__ = ["Agent", "run_agent"]
 
@@ -62,6 +66,9 @@ class Agent:
         self.talkback: TalkbackSink | None = None
         self.desk: CallDesk | None = None
         self.rtc_factory: PeerFactory | None = None
+        self.sensing: Sensing | None = None
+        self.metrics: MetricsServer | None = None
+        self._reconnects = 0
         self._stop = asyncio.Event()
         self._connected = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
@@ -78,10 +85,12 @@ class Agent:
         """Run until :meth:`request_stop`; always closes what it opened."""
         try:
             url, token = await self._hub_endpoint()
+            client = self._make_client(url, token)
+            await self._start_local_parts(client)
             # READY=1 once local parts are up; the hub may be down and is retried.
             self.notifier.ready(self.board.text)
             self._watchdog = start_watchdog(self.notifier)
-            await self._connect(url, token)
+            await self._connect(client)
             await self._stop.wait()
         finally:
             await self._shutdown()
@@ -144,7 +153,7 @@ class Agent:
         write_secret(path, password.encode() + b"\n")
         return path
 
-    async def _connect(self, url: str, token: str) -> None:
+    def _make_client(self, url: str, token: str) -> RealtimeClient:
         from agent.client import RealtimeClient
         from agent.rtc.peer import PeerFactory
         from agent.rtc.settings import ice_options
@@ -154,11 +163,31 @@ class Agent:
             ice_options(self.settings.calls), video_codecs=self.settings.video.codecs
         )
         self.client = RealtimeClient(url, token=token, rtc_factory=self.rtc_factory)
-        self._start_calls(self.client)  # before connecting: an offer may be the first frame
+        return self.client
+
+    async def _start_local_parts(self, client: RealtimeClient) -> None:
+        """Calls, serial ports, rules, outbox, control socket and metrics: all local."""
+        from agent.sensing import Sensing
+        from agent.statedir import resolve_state_dir
+
+        self._start_calls(client)  # before connecting: an offer may be the first frame
+        self.sensing = Sensing(
+            self.settings,
+            state_dir=resolve_state_dir(self.settings.state_dir),
+            client=client,
+            on_port=self._port_changed,
+        )
+        self.sensing.add_control({"status": self._control_status})
+        if self.desk is not None:
+            self.sensing.register_channels(self.desk.channels)
+        await self.sensing.start()
+        await self._start_metrics()
+
+    async def _connect(self, client: RealtimeClient) -> None:
         self._set_link(HubLink.CONNECTING)
-        await self.client.connect_realtime(self._on_message)
+        await client.connect_realtime(self._on_message)
         for index, group in enumerate(self.settings.groups):
-            await self.client.join_realtime(group, keep=index > 0)
+            await client.join_realtime(group, keep=index > 0)
 
     async def _apply_groups(self, wanted: list[str]) -> None:
         client = self.client
@@ -178,6 +207,7 @@ class Agent:
             self._connected.set()
             self._set_link(HubLink.CONNECTED)
         elif kind == "reconnect":
+            self._reconnects += 1
             self._connected.clear()
             self._set_link(HubLink.RETRYING)
         elif kind == "error":
@@ -213,6 +243,9 @@ class Agent:
         )
         self.desk.start()
 
+    def _port_changed(self, name: str, up: bool) -> None:
+        self.board.set_sensor(name, up=up)
+
     def _calls_changed(self, count: int) -> None:
         self.board.update(calls=count)
 
@@ -222,7 +255,64 @@ class Agent:
 
     def _status_fields(self) -> dict[str, Any]:
         status = self.board.status
-        return {"hub": status.hub.value, "groups": list(status.groups)}
+        fields: dict[str, Any] = {"hub": status.hub.value, "groups": list(status.groups)}
+        if self.sensing is not None:
+            fields.update(self.sensing.status())
+        return fields
+
+    async def _control_status(self, _request: dict[str, Any]) -> dict[str, Any]:
+        """``edge-agent status``: the STATUS= words, then one line per part."""
+        fields = self._status_fields()
+        lines = [self.board.text]
+        for name, port in fields.get("sensors", {}).items():
+            lines.append(f"serial {name}: {port.get('state')} ({port.get('readings', 0)} readings)")
+        for name, rule in fields.get("events", {}).items():
+            lines.append(f"event {name}: fired {rule.get('fired', 0)} times")
+        if self.media is not None:
+            stats = self.media.stats()
+            lines.append(f"media: {self.media.viewers} viewers; {stats}")
+        return {"ok": True, "lines": lines, **fields}
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    async def _start_metrics(self) -> None:
+        from agent.metrics import MetricsServer
+
+        options = self.settings.metrics
+        if not options.enabled:
+            return
+        self.metrics = MetricsServer(self._render_metrics, host=options.host, port=options.port)
+        try:
+            await self.metrics.start()
+        except OSError as exc:
+            # A busy port costs the metrics, not the agent.
+            log.error("metrics endpoint not started on %s:%d: %s", options.host, options.port, exc)  # noqa: TRY400
+            self.metrics = None
+
+    def _render_metrics(self) -> str:
+        out = Exposition("edge_agent_")
+        link = self.board.status.hub
+        out.add(
+            "hub_connected",
+            "gauge",
+            "1 while the hub connection is open.",
+            int(link is HubLink.CONNECTED),
+        )
+        out.add("hub_reconnects_total", "counter", "Hub connection losses.", self._reconnects)
+        if self.desk is not None:
+            out.add("calls_active", "gauge", "Calls up now.", self.desk.calls)
+            out.add(
+                "calls_refused_total",
+                "counter",
+                "Calls refused (busy, not allowed).",
+                self.desk.refused,
+            )
+        if self.media is not None:
+            _media_metrics(out, self.media.stats())
+        text = out.render()
+        if self.sensing is not None:
+            text += self.sensing.metrics()
+        return text
 
     async def _stop_calls(self) -> None:
         if self.desk is not None:
@@ -248,6 +338,10 @@ class Agent:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
+        if self.metrics is not None:
+            await self.metrics.close()
+        if self.sensing is not None:
+            await self.sensing.close()
         await self._stop_calls()
         if self.client is not None:
             with contextlib.suppress(EdgeAgentError):
@@ -287,6 +381,46 @@ async def _run_with_signals(agent: Agent) -> None:
     loop.add_signal_handler(signal.SIGINT, agent.request_stop)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     await agent.run()
+
+
+def _media_metrics(out: Exposition, stats: MediaStats) -> None:
+    codecs = {c.codec: c for c in stats.codecs}
+    out.add(
+        "viewers",
+        "gauge",
+        "Viewers per encoder (codec).",
+        labelled("codec", {k: c.viewers for k, c in codecs.items()}),
+    )
+    out.add(
+        "encodes_total",
+        "counter",
+        "Frames encoded, once for all viewers of a codec.",
+        labelled("codec", {k: c.encodes for k, c in codecs.items()}),
+    )
+    out.add(
+        "keyframes_forced_total",
+        "counter",
+        "Key frames forced for joiners and PLI/FIR.",
+        labelled("codec", {k: c.forced_keyframes for k, c in codecs.items()}),
+    )
+    out.add(
+        "frames_captured_total",
+        "counter",
+        "Frames captured from the video source.",
+        stats.frames_captured,
+    )
+    out.add(
+        "viewer_drops_total",
+        "counter",
+        "Frames dropped for slow viewers.",
+        sum(v.dropped for v in stats.viewers),
+    )
+    out.add(
+        "devices_missing",
+        "gauge",
+        "Configured media devices missing now (on fallback).",
+        len(stats.errors),
+    )
 
 
 def _read_token(settings: Settings) -> str:

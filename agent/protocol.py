@@ -239,8 +239,7 @@ def decode_frame_text(text: str) -> Any:
             json.dumps(value, ensure_ascii=False).encode()
         except UnicodeEncodeError:
             raise ValueError(
-                "it contains a lone UTF-16 surrogate (a \\ud800-\\udfff escape); "
-                "send valid Unicode"
+                "it contains a lone UTF-16 surrogate (a \\ud800-\\udfff escape); send valid Unicode"
             ) from None
     return value
 

@@ -59,13 +59,19 @@ async def read_url(proc: asyncio.subprocess.Process, stream: str) -> str:
 
 
 async def stop(proc: asyncio.subprocess.Process) -> int:
+    code, _ = await stop_with_output(proc)
+    return code
+
+
+async def stop_with_output(proc: asyncio.subprocess.Process) -> tuple[int, str]:
+    """SIGTERM, then the exit code and what the process printed from here on."""
     if proc.returncode is None:
         proc.send_signal(signal.SIGTERM)
     async with asyncio.timeout(30):
-        _, err = await proc.communicate()
+        out, err = await proc.communicate()
     assert b"Traceback" not in err, err.decode()
     assert proc.returncode is not None
-    return proc.returncode
+    return proc.returncode, (out + err).decode()
 
 
 def free_port() -> int:
@@ -107,12 +113,14 @@ async def test_run_with_embedded_hub_joins_groups_and_exits_0(
     tmp_path: Path, watcher_factory: list[RealtimeClient]
 ) -> None:
     state = tmp_path / "state"
+    metrics_port = free_port()
     env = clean_env(
         tmp_path,
         EDGE_AGENT_NAME="porch-cam",
         EDGE_AGENT_GROUPS='["home", "porch"]',
         EDGE_AGENT_STATE_DIR=str(state),
         EDGE_AGENT_HUB__PORT="0",
+        EDGE_AGENT_METRICS__PORT=str(metrics_port),
     )
     agent = await start("run", env=env)
     try:
@@ -138,10 +146,26 @@ async def test_run_with_embedded_hub_joins_groups_and_exits_0(
         assert (device.role, device.user_id) == (Role.DEVICE, device_id)
         # The password is kept out of everything the agent printed.
         password = password_file.read_text().strip()
+
+        # `edge-agent status` asks the running agent through its control socket.
+        status = await start("status", "--state-dir", str(state), env=env)
+        out, err = await status.communicate()
+        assert (status.returncode, err) == (0, b"")
+        assert "hub connected" in out.decode().splitlines()[0]
+        assert "home, porch" in out.decode()
+
+        # Prometheus text on the local metrics port.
+        reader, writer = await asyncio.open_connection("127.0.0.1", metrics_port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        metrics = (await reader.read()).decode()
+        writer.close()
+        assert "edge_agent_hub_connected 1" in metrics
+        assert "edge_agent_calls_active 0" in metrics
     finally:
-        code = await stop(agent)
+        code, printed = await stop_with_output(agent)
     assert code == 0
     assert password
+    assert password not in printed
 
 
 async def test_agent_stays_up_through_hub_restarts(
