@@ -54,7 +54,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Self, TypeAlias
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
@@ -858,11 +858,28 @@ class RealtimeClient(PushMethods):
 
     # -- HTTP --------------------------------------------------------------------------------
 
+    async def get_user(self, user_id: str) -> dict[str, Any]:
+        """Name and role of an account (``{user_id, name, role}``); admins and devices only.
+
+        Raises:
+            RealtimeError: FORBIDDEN for a user-role token, NOT_FOUND for an unknown id.
+        """
+        payload = await self._request("GET", f"/api/users/{quote(user_id, safe='')}")
+        if not isinstance(payload, dict) or not isinstance(payload.get("role"), str):
+            raise RealtimeError(Codes.ERROR, "The hub's answer to /api/users has no role.")
+        return payload
+
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        url = self._http_url + path
+        payload = await self._request("POST", path, body)
+        if not isinstance(payload, dict) or not isinstance(payload.get("list"), list):
+            raise RealtimeError(Codes.ERROR, f"The hub's answer to {path} has no list.")
+        return payload
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
-            async with self._http().post(
-                url,
+            async with self._http().request(
+                method,
+                self._http_url + path,
                 json=body,
                 headers={"Authorization": f"Bearer {self._token}"},
                 ssl=self._ssl if self._ssl is not None else True,
@@ -876,8 +893,6 @@ class RealtimeClient(PushMethods):
         payload = _json_or_none(raw)
         if status >= 400:
             raise _http_error(status, payload)
-        if not isinstance(payload, dict) or not isinstance(payload.get("list"), list):
-            raise RealtimeError(Codes.ERROR, f"The hub's answer to {path} has no list.")
         return payload
 
     def _http(self) -> aiohttp.ClientSession:

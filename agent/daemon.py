@@ -222,7 +222,7 @@ class Agent:
             client.rtc.on_incoming = None  # refuse at once rather than ring unanswered
             return
         from agent.media import MediaHub, TalkbackSink
-        from agent.rtc.desk import AccountDirectory, CallDesk
+        from agent.rtc.desk import AccountDirectory, CallDesk, HubDirectory
         from agent.rtc.settings import call_policy, media_config, sink_config
 
         video, audio = settings.video, settings.audio
@@ -237,7 +237,11 @@ class Agent:
             talkback=self.talkback,
             send_video=video.enabled,
             send_audio=audio.enabled,
-            directory=AccountDirectory(self.hub.accounts) if self.hub is not None else None,
+            directory=(
+                AccountDirectory(self.hub.accounts)
+                if self.hub is not None
+                else HubDirectory(client)
+            ),
             status_extra=self._status_fields,
             on_calls=self._calls_changed,
         )

@@ -306,6 +306,16 @@ def _add_api_routes(app: FastAPI, services: HubServices) -> None:
         """The account of the bearer token."""
         return Me(user_id=account.user_id, name=account.name, role=account.role)
 
+    @app.get("/api/users/{user_id}", responses=_ERRORS, tags=["accounts"])
+    async def user(user_id: str, account: Authed) -> Me:
+        """Name and role of an account: for admins, and devices applying their call policy."""
+        if account.role is Role.USER:
+            raise RealtimeError(Codes.FORBIDDEN, "Only admins and devices may look up accounts.")
+        found = await asyncio.to_thread(services.accounts.get_by_id, user_id)
+        if found is None:
+            raise RealtimeError(Codes.NOT_FOUND, f'No account has the user id "{user_id}".')
+        return Me(user_id=found.user_id, name=found.name, role=found.role)
+
     @app.post("/api/realtime/groups", responses=_ERRORS, tags=["realtime"])
     async def realtime_groups(
         account: Authed, body: Annotated[GroupsRequest | None, Body()] = None

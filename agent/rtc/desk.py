@@ -38,7 +38,7 @@ from agent.rtc.policy import Caller, CallPolicy, refusal_content
 if TYPE_CHECKING:
     from agent.media import MediaEvent, MediaHub, TalkbackSink
 
-__all__ = ["AccountDirectory", "CallDesk", "CallerDirectory", "DeskClient"]
+__all__ = ["AccountDirectory", "CallDesk", "CallerDirectory", "DeskClient", "HubDirectory"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,28 @@ class AccountDirectory:
             return Caller(user_id)
         role = getattr(account.role, "value", account.role)
         return Caller(user_id, name=str(account.name), role=str(role))
+
+
+class _UserLookup(Protocol):
+    async def get_user(self, user_id: str) -> dict[str, Any]:
+        """``{user_id, name, role}`` of an account, from the hub."""
+
+
+class HubDirectory:
+    """Callers' names and roles asked of a remote hub (``GET /api/users/ID``)."""
+
+    def __init__(self, client: _UserLookup) -> None:
+        self._client = client
+
+    async def lookup(self, user_id: str) -> Caller:
+        """The caller's name and role; only the id when the hub does not know it."""
+        try:
+            found = await self._client.get_user(user_id)
+        except RealtimeError as exc:
+            if exc.code != Codes.NOT_FOUND:
+                raise
+            return Caller(user_id)
+        return Caller(user_id, name=str(found.get("name")), role=str(found.get("role")))
 
 
 class _DeskCall:
