@@ -108,6 +108,14 @@ class Agent:
             self.notifier.ready(self.board.text)
             return
         await self._apply_groups(list(new.groups))
+        if self.client is not None and _sensing_changed(self.settings, new):
+            # Ports and rules restart; the outbox keeps its alerts on disk in between.
+            if self.sensing is not None:
+                await self.sensing.close()
+            for name, _up in self.board.status.sensors:
+                self.board.remove_sensor(name)
+            await self._start_sensing(self.client, new)
+            log.info("serial ports, event rules and alerts restarted with the new settings")
         self.settings = new
         log.info("settings reloaded from %s", self.config_path or "the environment")
         self.board.update(note=None)
@@ -167,13 +175,17 @@ class Agent:
 
     async def _start_local_parts(self, client: RealtimeClient) -> None:
         """Calls, serial ports, rules, outbox, control socket and metrics: all local."""
+        self._start_calls(client)  # before connecting: an offer may be the first frame
+        await self._start_sensing(client, self.settings)
+        await self._start_metrics()
+
+    async def _start_sensing(self, client: RealtimeClient, settings: Settings) -> None:
         from agent.sensing import Sensing
         from agent.statedir import resolve_state_dir
 
-        self._start_calls(client)  # before connecting: an offer may be the first frame
         self.sensing = Sensing(
-            self.settings,
-            state_dir=resolve_state_dir(self.settings.state_dir),
+            settings,
+            state_dir=resolve_state_dir(settings.state_dir),
             client=client,
             on_port=self._port_changed,
         )
@@ -181,7 +193,6 @@ class Agent:
         if self.desk is not None:
             self.sensing.register_channels(self.desk.channels)
         await self.sensing.start()
-        await self._start_metrics()
 
     async def _connect(self, client: RealtimeClient) -> None:
         self._set_link(HubLink.CONNECTING)
@@ -254,8 +265,19 @@ class Agent:
         self.board.update(calls=count)
 
     def _media_event(self, event: MediaEvent) -> None:
+        from agent.media import MediaEventKind
+
         if self.desk is not None:
             self.desk.media_event(event)
+        present = {
+            MediaEventKind.SOURCE_OPENED: True,
+            MediaEventKind.SOURCE_FAILED: False,
+            MediaEventKind.SOURCE_LOST: False,
+        }.get(event.kind)
+        if present is not None and self.sensing is not None:
+            # Rules may watch the camera and microphone come and go.
+            kind = "camera" if event.media == "video" else "microphone"
+            self.sensing.engine.on_device(kind, event.source, present)
 
     def _status_fields(self) -> dict[str, Any]:
         status = self.board.status
@@ -385,6 +407,14 @@ async def _run_with_signals(agent: Agent) -> None:
     loop.add_signal_handler(signal.SIGINT, agent.request_stop)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     await agent.run()
+
+
+def _sensing_changed(old: Settings, new: Settings) -> bool:
+    """Whether a reload touches what :class:`~agent.sensing.Sensing` was built from."""
+    return any(
+        getattr(old, key) != getattr(new, key)
+        for key in ("serial", "sensors", "events", "push", "name", "groups", "state_dir")
+    )
 
 
 def _media_metrics(out: Exposition, stats: MediaStats) -> None:

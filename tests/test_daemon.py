@@ -225,3 +225,42 @@ async def wait_for_member(
         notice = await next_message(inbox, "notice", "has joined the message group")
         if notice.sender not in (None, me):
             return notice.sender
+
+
+async def test_sighup_reload_restarts_serial_ports_and_rules(tmp_path: Path) -> None:
+    from agent.config import Settings
+    from agent.daemon import Agent
+
+    def settings(port_name: str) -> Settings:
+        return Settings.model_validate(
+            {
+                "name": "bench",
+                "state_dir": str(tmp_path / "state"),
+                "hub": {"port": 0},
+                "metrics": {"enabled": False},
+                "serial": [{"name": port_name, "port": str(tmp_path / "missing-tty")}],
+            }
+        )
+
+    current = [settings("left")]
+    agent = Agent(current[0], reload_settings=lambda: current[0])
+    running = asyncio.create_task(agent.run())
+    try:
+        async with asyncio.timeout(60):
+            await agent.wait_connected()
+        assert agent.sensing is not None
+        first = agent.sensing
+        assert set(first.sensors.ports) == {"left"}
+        current[0] = settings("right")
+        await agent.reload()
+        assert agent.sensing is not first
+        assert set(agent.sensing.sensors.ports) == {"right"}
+        assert agent.settings.serial[0].name == "right"
+        # An unchanged file keeps the running parts as they are.
+        second = agent.sensing
+        await agent.reload()
+        assert agent.sensing is second
+    finally:
+        agent.request_stop()
+        async with asyncio.timeout(30):
+            await running
