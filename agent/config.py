@@ -54,7 +54,7 @@ from agent.errors import ConfigError
 from agent.events.settings import EventRule, check_rules
 from agent.protocol import Limits, is_user_id
 from agent.push.settings import PushSettings
-from agent.rtc.settings import AudioSettings, CallsSettings, VideoSettings
+from agent.rtc.settings import AudioSettings, CallsSettings, IceServerSettings, VideoSettings
 from agent.sensors.settings import SensorsSettings, SerialPortSettings, check_port_names
 
 __all__ = [
@@ -140,6 +140,10 @@ class HubSettings(_Section):
     tls_key: OptionalUserPath = None
     public_url: OptionalStr = None
     limits: HubLimits = Field(default_factory=HubLimits)
+    # What the viewer is told: groups to join to see devices, and STUN/TURN servers for
+    # its calls (a phone outside the LAN needs TURN; none by default, never a public one).
+    viewer_groups: list[str] = Field(default_factory=lambda: ["devices"], min_length=1)
+    ice_servers: list[IceServerSettings] = Field(default_factory=list)
 
     @field_validator("public_url")
     @classmethod

@@ -27,7 +27,7 @@ from agent.hub import listing
 from agent.hub.accounts import Account, AccountStore, Role
 from agent.hub.backplane import Backplane
 from agent.hub.connection import ASGISend
-from agent.hub.devices_api import add_device_routes
+from agent.hub.devices_api import DEFAULT_VIEWER_GROUPS, IceServerItem, add_device_routes
 from agent.hub.limits import LimitSettings
 from agent.hub.metrics import CONTENT_TYPE, HubMetrics
 from agent.hub.push_api import add_push_routes
@@ -73,6 +73,8 @@ class HubServices:
     static_dir: Path = STATIC_DIR
     login_ttl_seconds: int = LOGIN_TOKEN_TTL_SECONDS
     push: PushService | None = None
+    viewer_ice_servers: tuple[IceServerItem, ...] = ()
+    viewer_groups: tuple[str, ...] = DEFAULT_VIEWER_GROUPS
 
 
 class ErrorBody(BaseModel):
@@ -252,7 +254,13 @@ def create_app(services: HubServices) -> FastAPI:
     _add_api_routes(app, services)
     if services.push is not None:
         add_push_routes(app, services.push, current_account=_current_account)
-    add_device_routes(app, services, current_account=_current_account)
+    add_device_routes(
+        app,
+        services,
+        current_account=_current_account,
+        ice_servers=services.viewer_ice_servers,
+        groups=services.viewer_groups,
+    )
     if services.static_dir.is_dir():
         # Last, so that it only answers what no route above matched: the viewer at "/".
         app.mount("/", StaticFiles(directory=services.static_dir, html=True))

@@ -29,9 +29,11 @@ from agent.errors import ConfigError
 from agent.hub.accounts import ACCOUNTS_FILE, AccountStore
 from agent.hub.app import STATIC_DIR, HubApplication, HubServices
 from agent.hub.backplane import Backplane, MemoryBackplane
+from agent.hub.devices_api import IceServerItem
 from agent.hub.metrics import HubMetrics
 from agent.hub.tokens import TokenIssuer
 from agent.push.service import PushService
+from agent.rtc.settings import IceServerSettings
 from agent.statedir import resolve_state_dir
 
 if TYPE_CHECKING:
@@ -80,6 +82,8 @@ class HubServer:
                 limits=settings.hub.limits,
                 static_dir=static_dir or STATIC_DIR,
                 push=self.push,
+                viewer_ice_servers=tuple(_ice_item(s) for s in settings.hub.ice_servers),
+                viewer_groups=tuple(settings.hub.viewer_groups),
             )
         )
         self._server: uvicorn.Server | None = None
@@ -196,6 +200,11 @@ async def _serve_until_signal(settings: Settings) -> int:
             loop.remove_signal_handler(sig)
         await hub.stop()
     return 0
+
+
+def _ice_item(server: IceServerSettings) -> IceServerItem:
+    credential = server.credential.get_secret_value() if server.credential else None
+    return IceServerItem(urls=list(server.urls), username=server.username, credential=credential)
 
 
 def _bind(host: str, port: int) -> socket.socket:

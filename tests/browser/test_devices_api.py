@@ -14,10 +14,10 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from agent.config import HubSettings, Settings
+from agent.config import Settings
 from agent.hub.accounts import Account, Role
 from agent.hub.app import _current_account
-from agent.hub.devices_api import IceServerItem, add_device_routes, has_device_routes
+from agent.hub.devices_api import add_device_routes, has_device_routes
 from agent.hub.server import HubServer
 from agent.protocol import decode_frame_text
 
@@ -75,16 +75,19 @@ async def _own_join(ws: ClientConnection, group: str, user_id: str) -> None:
 
 @pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
-    settings = Settings(state_dir=tmp_path, hub=HubSettings(host="127.0.0.1", port=0))
-    server = HubServer(settings)
-    add_device_routes(
-        server.app.api,
-        server.app.api.state.services,
-        current_account=_current_account,
-        ice_servers=[
-            IceServerItem(urls=["turn:turn.example.net:3478"], username="u", credential="c")
-        ],
+    settings = Settings.model_validate(
+        {
+            "state_dir": tmp_path,
+            "hub": {
+                "host": "127.0.0.1",
+                "port": 0,
+                "ice_servers": [
+                    {"urls": "turn:turn.example.net:3478", "username": "u", "credential": "c"}
+                ],
+            },
+        }
     )
+    server = HubServer(settings)
     await server.start()
     async with AsyncExitStack() as stack:
         yield Hub(server, stack)
