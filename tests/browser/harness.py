@@ -345,15 +345,18 @@ class Viewer:
         """Load the viewer."""
         await self.page.goto(self.url + "/" + query)
 
-    async def login(self, name: str, password: str, *, remember: bool = False) -> None:
-        """Log in through the form and wait for the device list."""
+    async def login(
+        self, name: str, password: str, *, remember: bool = False, wait_for_list: bool = True
+    ) -> None:
+        """Log in through the form and (unless a link opens a call) wait for the device list."""
         page = self.page
         await page.fill("#login-name", name)
         await page.fill("#login-password", password)
         if remember:
             await page.check("#login-remember")
         await page.click("#login-submit")
-        await page.wait_for_selector("#devices-view:not([hidden])")
+        if wait_for_list:
+            await page.wait_for_selector("#devices-view:not([hidden])")
 
     def device_button(self, name: str = DEVICE) -> Any:
         """The call button of a device in the list."""
