@@ -14,6 +14,7 @@ import logging
 import secrets
 import signal
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from agent.media import MediaEvent, MediaHub, TalkbackSink
     from agent.media.hub import MediaStats
     from agent.metrics import MetricsServer
+    from agent.rtc.callstats import CallFigures
     from agent.rtc.desk import CallDesk
     from agent.rtc.peer import PeerFactory
     from agent.sensing import Sensing
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 # A token the agent mints for itself from an embedded hub lives as long as the process;
 # a restart mints a new one.
 _EMBEDDED_TOKEN_TTL = 365 * 24 * 3600
+_FIGURES_SECONDS = 5.0  # how often per-call figures are read (getStats is not free)
 _ADMIN_PASSWORD_FILE = "admin-password"  # noqa: S105 (a file name, not a password)
 
 
@@ -69,6 +72,8 @@ class Agent:
         self.sensing: Sensing | None = None
         self.metrics: MetricsServer | None = None
         self._reconnects = 0
+        self._call_figures: list[CallFigures] = []
+        self._figures_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._connected = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
@@ -178,6 +183,8 @@ class Agent:
         self._start_calls(client)  # before connecting: an offer may be the first frame
         await self._start_sensing(client, self.settings)
         await self._start_metrics()
+        if self.desk is not None:
+            self._figures_task = asyncio.create_task(self._refresh_call_figures(self.desk))
 
     async def _start_sensing(self, client: RealtimeClient, settings: Settings) -> None:
         from agent.sensing import Sensing
@@ -295,8 +302,8 @@ class Agent:
         for name, rule in fields.get("events", {}).items():
             lines.append(f"event {name}: fired {rule.get('fired', 0)} times")
         if self.media is not None:
-            stats = self.media.stats()
-            lines.append(f"media: {self.media.viewers} viewers; {stats}")
+            lines.append(f"media: {self.media.viewers} viewers")
+        lines.extend(_call_line(f) for f in self._call_figures)
         return {"ok": True, "lines": lines, **fields}
 
     # -- metrics ---------------------------------------------------------------------------
@@ -314,6 +321,15 @@ class Agent:
             # A busy port costs the metrics, not the agent.
             log.error("metrics endpoint not started on %s:%d: %s", options.host, options.port, exc)  # noqa: TRY400
             self.metrics = None
+
+    async def _refresh_call_figures(self, desk: CallDesk) -> None:
+        """Keep per-call figures fresh for the (synchronous) metrics and status answers."""
+        while True:
+            try:
+                self._call_figures = await desk.call_figures() if desk.calls else []
+            except Exception:  # a call ending under us: skip this round
+                log.debug("call figures not read this round", exc_info=True)
+            await asyncio.sleep(_FIGURES_SECONDS)
 
     def _render_metrics(self) -> str:
         out = Exposition("edge_agent_")
@@ -335,6 +351,7 @@ class Agent:
             )
         if self.media is not None:
             _media_metrics(out, self.media.stats())
+        _call_metrics(out, self._call_figures)
         text = out.render()
         if self.sensing is not None:
             text += self.sensing.metrics()
@@ -364,6 +381,10 @@ class Agent:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
+        if self._figures_task is not None:
+            self._figures_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._figures_task
         if self.metrics is not None:
             await self.metrics.close()
         if self.sensing is not None:
@@ -414,6 +435,55 @@ def _sensing_changed(old: Settings, new: Settings) -> bool:
     return any(
         getattr(old, key) != getattr(new, key)
         for key in ("serial", "sensors", "events", "push", "name", "groups", "state_dir")
+    )
+
+
+def _call_line(f: CallFigures) -> str:
+    def ms(value: float | None) -> str:
+        return "?" if value is None else f"{value * 1000:.0f} ms"
+
+    rate = "?" if f.bitrate_bps is None else f"{f.bitrate_bps / 1000:.0f} kbit/s"
+    return (
+        f"call {f.cid}: first frame {ms(f.first_frame_seconds)}, ICE {ms(f.ice_setup_seconds)}, "
+        f"route {f.candidate_type or '?'}, RTT {ms(f.rtt_seconds)}, {rate}"
+    )
+
+
+def _call_metrics(out: Exposition, figures: list[CallFigures]) -> None:
+    def per_call(value: Callable[[CallFigures], float | None]) -> list[tuple[str, float]]:
+        found = {f.cid: value(f) for f in figures}
+        return labelled("call", {cid: v for cid, v in found.items() if v is not None})
+
+    out.add(
+        "call_first_frame_seconds",
+        "gauge",
+        "Offer to first video frame sent, per call.",
+        per_call(lambda f: f.first_frame_seconds),
+    )
+    out.add(
+        "call_ice_setup_seconds",
+        "gauge",
+        "Offer to ICE connected, per call.",
+        per_call(lambda f: f.ice_setup_seconds),
+    )
+    out.add(
+        "call_rtt_seconds",
+        "gauge",
+        "Round-trip time reported by the viewer, per call.",
+        per_call(lambda f: f.rtt_seconds),
+    )
+    out.add(
+        "call_bitrate_bps",
+        "gauge",
+        "Bits per second sent, per call.",
+        per_call(lambda f: f.bitrate_bps),
+    )
+    routes = Counter(f.candidate_type or "unknown" for f in figures)
+    out.add(
+        "calls_by_route",
+        "gauge",
+        "Calls by the local candidate type of their route.",
+        labelled("route", dict(routes)),
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -67,6 +68,7 @@ class FanoutTrack(MediaStreamTrack):
         self.kind = kind
         self.codec = codec
         self.sent = 0
+        self.first_sent_at: float | None = None  # monotonic; time to first frame
         self.keyframe_requests = 0
         self.remb: int | None = None
         self.joined = False
@@ -105,6 +107,8 @@ class FanoutTrack(MediaStreamTrack):
             item = self._queue.pop()
             if item is not None:
                 packet, key = item
+                if self.first_sent_at is None:
+                    self.first_sent_at = time.monotonic()
                 self.sent += 1
                 self.keyframes_sent += key
                 return packet

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -29,6 +30,7 @@ from aiortc import RTCDataChannel
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from agent.errors import Codes, DeviceNotFoundError, EdgeAgentError, RealtimeError
+from agent.rtc.callstats import CallFigures, measure
 from agent.rtc.control import Blob, ControlServer
 from agent.rtc.datachannels import ChannelRegistry, ChannelSession
 from agent.rtc.engine import IncomingCall, RtcConnection, RtcEngine
@@ -124,6 +126,11 @@ class _DeskCall:
         self.notices: list[dict[str, Any]] = []  # waiting for a control channel
         self.reported: dict[str, str] = {}  # media -> the last problem told
         self.tasks: set[asyncio.Task[None]] = set()
+        self.started = time.monotonic()
+        self.ice_connected: float | None = None
+        self.video: Any = None  # the FanoutTrack this call is sent, for time to first frame
+        self.figures: CallFigures | None = None
+        self.figures_at: float | None = None
 
     def spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -272,8 +279,28 @@ class CallDesk:
             await call.end()
             self._changed()
 
+    async def call_figures(self) -> list[CallFigures]:
+        """Setup times, route, RTT and bitrate of every call that is up."""
+        figures = []
+        for call in list(self._calls.values()):
+            if call.connection is None:
+                continue
+            call.figures = await measure(
+                call.connection.target,
+                cid=call.cid,
+                started=call.started,
+                ice_connected=call.ice_connected,
+                first_frame=getattr(call.video, "first_sent_at", None),
+                previous=call.figures,
+                previous_at=call.figures_at,
+            )
+            call.figures_at = time.monotonic()
+            figures.append(call.figures)
+        return figures
+
     async def _answer(self, call: _DeskCall) -> None:
         local = self._local_media(call.incoming.wants)
+        call.video = local.video if local is not None else None
         try:
             connection = await call.incoming.connect_rtc(
                 media=local,
@@ -337,7 +364,10 @@ class CallDesk:
 
     def _on_event(self, call: _DeskCall, event: dict[str, Any]) -> None:
         kind = event.get("type")
-        if kind == "track":
+        if kind == "iceconnectionstatechange" and call.ice_connected is None:
+            if event.get("state") in ("connected", "completed"):
+                call.ice_connected = time.monotonic()
+        elif kind == "track":
             self._on_track(call, event["track"])
         elif kind == "datachannel":
             self._open_session(call, event["channel"])

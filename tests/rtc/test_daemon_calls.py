@@ -55,6 +55,23 @@ async def test_the_agent_answers_with_its_configured_camera_and_counts_calls(
         [status] = await viewer.command("status", 1)
         assert status["result"]["hub"] == "connected"
         assert status["result"]["calls"]["max"] == 2
+
+        # Per-call figures for metrics and `edge-agent status`.
+        [first] = await agent.desk.call_figures()
+        assert first.candidate_type == "host"
+        assert first.ice_setup_seconds is not None
+        assert first.first_frame_seconds is not None
+        assert 0 < first.ice_setup_seconds <= first.first_frame_seconds < WAIT
+        assert first.bytes_sent > 0
+        sent_before = viewer.frames["video"]
+        await viewer.until(lambda: viewer.frames["video"] >= sent_before + 5)
+        [second] = await agent.desk.call_figures()
+        assert second.bitrate_bps is not None
+        assert second.bitrate_bps > 0
+        agent._call_figures = [second]
+        metrics = agent._render_metrics()
+        assert f'edge_agent_call_ice_setup_seconds{{call="{second.cid}"}}' in metrics
+        assert 'edge_agent_calls_by_route{route="host"} 1' in metrics
         await viewer.connection.hangup()
         await viewer.close()
         await alice.close_realtime()
