@@ -26,6 +26,7 @@ from agent.systemd import AgentStatus, HubLink, Notifier, StatusBoard, start_wat
 if TYPE_CHECKING:
     from agent.client import RealtimeClient
     from agent.config import Settings
+    from agent.events.motion import MotionAnalyzer
     from agent.hub.server import HubServer
     from agent.media import MediaEvent, MediaHub, TalkbackSink
     from agent.media.hub import MediaStats
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 # A token the agent mints for itself from an embedded hub lives as long as the process;
 # a restart mints a new one.
 _EMBEDDED_TOKEN_TTL = 365 * 24 * 3600
+_MOTION_RETRY_SECONDS = 1.0
 _FIGURES_SECONDS = 5.0  # how often per-call figures are read (getStats is not free)
 _ADMIN_PASSWORD_FILE = "admin-password"  # noqa: S105 (a file name, not a password)
 
@@ -74,6 +76,7 @@ class Agent:
         self._reconnects = 0
         self._call_figures: list[CallFigures] = []
         self._figures_task: asyncio.Task[None] | None = None
+        self._motion_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._connected = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
@@ -120,6 +123,7 @@ class Agent:
             for name, _up in self.board.status.sensors:
                 self.board.remove_sensor(name)
             await self._start_sensing(self.client, new)
+            self._start_motion_watch()
             log.info("serial ports, event rules and alerts restarted with the new settings")
         self.settings = new
         log.info("settings reloaded from %s", self.config_path or "the environment")
@@ -185,6 +189,7 @@ class Agent:
         await self._start_metrics()
         if self.desk is not None:
             self._figures_task = asyncio.create_task(self._refresh_call_figures(self.desk))
+        self._start_motion_watch()
 
     async def _start_sensing(self, client: RealtimeClient, settings: Settings) -> None:
         from agent.sensing import Sensing
@@ -322,6 +327,15 @@ class Agent:
             log.error("metrics endpoint not started on %s:%d: %s", options.host, options.port, exc)  # noqa: TRY400
             self.metrics = None
 
+    def _start_motion_watch(self) -> None:
+        """Feed camera pictures to the motion rules, if any rule watches motion."""
+        if self._motion_task is not None:
+            self._motion_task.cancel()
+            self._motion_task = None
+        analyzer = self.sensing.engine.motion_analyzer() if self.sensing else None
+        if analyzer is not None and self.media is not None:
+            self._motion_task = asyncio.create_task(_watch_motion(self.media, analyzer))
+
     async def _refresh_call_figures(self, desk: CallDesk) -> None:
         """Keep per-call figures fresh for the (synchronous) metrics and status answers."""
         while True:
@@ -343,6 +357,7 @@ class Agent:
         out.add("hub_reconnects_total", "counter", "Hub connection losses.", self._reconnects)
         if self.desk is not None:
             out.add("calls_active", "gauge", "Calls up now.", self.desk.calls)
+            out.add("calls_total", "counter", "Calls answered since start.", self.desk.answered)
             out.add(
                 "calls_refused_total",
                 "counter",
@@ -381,10 +396,11 @@ class Agent:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
-        if self._figures_task is not None:
-            self._figures_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._figures_task
+        for task in (self._figures_task, self._motion_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.metrics is not None:
             await self.metrics.close()
         if self.sensing is not None:
@@ -436,6 +452,31 @@ def _sensing_changed(old: Settings, new: Settings) -> bool:
         getattr(old, key) != getattr(new, key)
         for key in ("serial", "sensors", "events", "push", "name", "groups", "state_dir")
     )
+
+
+async def _watch_motion(media: MediaHub, analyzer: MotionAnalyzer) -> None:
+    """Score one picture per interval. Pictures come through the snapshot path, which keeps
+    the camera open while they are asked for more often than it lingers; the JPEG is
+    decoded off the loop."""
+    while True:
+        try:
+            jpeg = await media.snapshot()
+            frame = await asyncio.to_thread(_decode_jpeg, jpeg)
+        except (TimeoutError, EdgeAgentError, ValueError) as exc:
+            log.warning("motion: no picture this round: %s", exc)
+            await asyncio.sleep(_MOTION_RETRY_SECONDS)
+            continue
+        analyzer.feed_frame(frame)
+        await asyncio.sleep(analyzer.seconds_until_due())
+
+
+def _decode_jpeg(jpeg: bytes) -> Any:
+    import io
+
+    import av
+
+    with av.open(io.BytesIO(jpeg), mode="r", format="mjpeg") as container:
+        return next(container.decode(video=0))
 
 
 def _call_line(f: CallFigures) -> str:

@@ -264,3 +264,53 @@ async def test_sighup_reload_restarts_serial_ports_and_rules(tmp_path: Path) -> 
         agent.request_stop()
         async with asyncio.timeout(30):
             await running
+
+
+async def test_motion_in_the_camera_image_fires_its_rule(tmp_path: Path) -> None:
+    from agent.config import Settings
+    from agent.daemon import Agent
+    from agent.systemd import Notifier
+
+    settings = Settings.model_validate(
+        {
+            "name": "yard",
+            "groups": ["yard"],
+            "state_dir": str(tmp_path / "state"),
+            "hub": {"port": 0},
+            "metrics": {"enabled": False},
+            "video": {"width": 160, "height": 120, "fps": 15},
+            "audio": {"enabled": False, "talkback": False},
+            "events": [
+                {
+                    "name": "movement",
+                    # The test pattern moves every frame; any change counts here.
+                    "trigger": {"type": "motion", "threshold": 0.001, "interval_seconds": 0.2},
+                    "actions": [{"type": "post"}],
+                    "cooldown": 60,
+                }
+            ],
+        }
+    )
+    agent = Agent(settings, notifier=Notifier(None))
+    running = asyncio.create_task(agent.run())
+    try:
+        async with asyncio.timeout(60):
+            await agent.wait_connected()
+        assert agent.hub is not None
+        inbox: asyncio.Queue[RealtimeMessage] = asyncio.Queue()
+        account = await asyncio.to_thread(agent.hub.accounts.add, "watcher", None, Role.USER)
+        watcher = RealtimeClient(agent.hub.ws_url, token=agent.hub.tokens.issue(account, 600))
+        await watcher.connect_realtime(inbox.put_nowait)
+        await watcher.join_realtime("yard")
+        async with asyncio.timeout(60):
+            while True:
+                message = await inbox.get()
+                body = message.message
+                if message.type == "message" and isinstance(body, dict):
+                    break
+        assert (body["name"], body["trigger"], body["device"]) == ("movement", "motion", "yard")
+        await watcher.close_realtime()
+    finally:
+        agent.request_stop()
+        async with asyncio.timeout(30):
+            await running

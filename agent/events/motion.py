@@ -80,6 +80,10 @@ class MotionAnalyzer:
         """Whether the next frame will be analysed (callers may skip converting it)."""
         return self._clock() >= self._due
 
+    def seconds_until_due(self) -> float:
+        """How long until the next frame is wanted (0 when it is due now)."""
+        return max(0.0, self._due - self._clock()) if self._due != float("-inf") else 0.0
+
     def feed_frame(self, frame: Any) -> bool:
         """Analyse a PyAV ``VideoFrame`` if due; whether it was."""
         if not self.due():

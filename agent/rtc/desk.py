@@ -197,6 +197,7 @@ class CallDesk:
         )
         self.channels.register("control", self._serve_control)
         self.refused = 0
+        self.answered = 0  # calls that came up since start
 
     @property
     def calls(self) -> int:
@@ -313,6 +314,7 @@ class CallDesk:
                 local.stop()
             return
         call.connection = connection
+        self.answered += 1
         log.info("call from %s (%s) is up", call.cid, call.user_id)
         for media, error in self._missing.items():
             self._tell_missing(call, media, error)

@@ -72,6 +72,7 @@ async def test_the_agent_answers_with_its_configured_camera_and_counts_calls(
         metrics = agent._render_metrics()
         assert f'edge_agent_call_ice_setup_seconds{{call="{second.cid}"}}' in metrics
         assert 'edge_agent_calls_by_route{route="host"} 1' in metrics
+        assert "edge_agent_calls_total 1" in metrics
         await viewer.connection.hangup()
         await viewer.close()
         await alice.close_realtime()
