@@ -45,6 +45,7 @@ import binascii
 import contextlib
 import enum
 import inspect
+import io
 import json
 import logging
 import re
@@ -869,18 +870,39 @@ class RealtimeClient(PushMethods):
             raise RealtimeError(Codes.ERROR, "The hub's answer to /api/users has no role.")
         return payload
 
+    async def upload_snapshot(self, jpeg: bytes) -> str:
+        """Store a JPEG on the hub for alerts to link to; the link (``/api/snapshots/ID``).
+
+        Raises:
+            RealtimeError: INVALID_PARAMETER for a non-JPEG or oversized image; FORBIDDEN
+                for a user-role token.
+        """
+        # A stream: aiohttp warns that a large bytes body is copied on the event loop.
+        payload = await self._request("POST", "/api/snapshots", data=io.BytesIO(jpeg))
+        if not isinstance(payload, dict) or not isinstance(payload.get("url"), str):
+            raise RealtimeError(Codes.ERROR, "The hub's answer to /api/snapshots has no url.")
+        return str(payload["url"])
+
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         payload = await self._request("POST", path, body)
         if not isinstance(payload, dict) or not isinstance(payload.get("list"), list):
             raise RealtimeError(Codes.ERROR, f"The hub's answer to {path} has no list.")
         return payload
 
-    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        data: io.BytesIO | None = None,
+    ) -> Any:
         try:
             async with self._http().request(
                 method,
                 self._http_url + path,
                 json=body,
+                data=data,
                 headers={"Authorization": f"Bearer {self._token}"},
                 ssl=self._ssl if self._ssl is not None else True,
             ) as response:

@@ -200,6 +200,7 @@ class Agent:
             state_dir=resolve_state_dir(settings.state_dir),
             client=client,
             on_port=self._port_changed,
+            camera=self.media.snapshot if self.media is not None else None,
         )
         self.sensing.add_control({"status": self._control_status})
         if self.desk is not None:

@@ -47,13 +47,20 @@ class Sensing:
         state_dir: Path,
         client: RealtimeClient,
         on_port: Callable[[str, bool], None] | None = None,
+        camera: Callable[[], Awaitable[bytes]] | None = None,
     ) -> None:
         self._client = client
+        self._camera = camera
         self._on_port = on_port
         self.outbox = Outbox(
             state_dir / OUTBOX_FILE, deliver=client.push_alert, settings=settings.push.outbox
         )
-        actions = ActionHandlers(post=self._post, push=self.outbox.push, call=self._call_ready)
+        actions = ActionHandlers(
+            post=self._post,
+            push=self.outbox.push,
+            call=self._call_ready,
+            snapshot=self._snapshot if camera is not None else None,
+        )
         self.engine = EventEngine(
             settings.events,
             device=settings.name,
@@ -141,6 +148,15 @@ class Sensing:
             log.warning(
                 "could not post to group %s: %s", group, exc.message, extra={"group": group}
             )
+
+    async def _snapshot(self, event: Event) -> str | None:
+        """A picture of the moment, stored on the hub; the alert carries only its link."""
+        if self._camera is None:
+            return None
+        jpeg = await self._camera()
+        link = await self._client.upload_snapshot(jpeg)
+        log.info("event %s: snapshot %s", event.name, link, extra={"event": event.name})
+        return link
 
     async def _call_ready(self, event: Event) -> None:
         # The alert itself carries the viewer link that opens a call to this device; the

@@ -32,6 +32,7 @@ from agent.hub.limits import LimitSettings
 from agent.hub.metrics import CONTENT_TYPE, HubMetrics
 from agent.hub.push_api import add_push_routes
 from agent.hub.realtime import ASGIReceive, RealtimeEndpoint
+from agent.hub.snapshots import SnapshotStore, add_snapshot_routes
 from agent.hub.tokens import TokenIssuer
 from agent.push.service import PushService
 
@@ -75,6 +76,7 @@ class HubServices:
     push: PushService | None = None
     viewer_ice_servers: tuple[IceServerItem, ...] = ()
     viewer_groups: tuple[str, ...] = DEFAULT_VIEWER_GROUPS
+    snapshots: SnapshotStore | None = None
 
 
 class ErrorBody(BaseModel):
@@ -254,6 +256,8 @@ def create_app(services: HubServices) -> FastAPI:
     _add_api_routes(app, services)
     if services.push is not None:
         add_push_routes(app, services.push, current_account=_current_account)
+    if services.snapshots is not None:
+        add_snapshot_routes(app, services.snapshots, current_account=_current_account)
     add_device_routes(
         app,
         services,

@@ -31,6 +31,7 @@ from agent.hub.app import STATIC_DIR, HubApplication, HubServices
 from agent.hub.backplane import Backplane, MemoryBackplane
 from agent.hub.devices_api import IceServerItem
 from agent.hub.metrics import HubMetrics
+from agent.hub.snapshots import SnapshotStore
 from agent.hub.tokens import TokenIssuer
 from agent.push.service import PushService
 from agent.rtc.settings import IceServerSettings
@@ -84,6 +85,7 @@ class HubServer:
                 push=self.push,
                 viewer_ice_servers=tuple(_ice_item(s) for s in settings.hub.ice_servers),
                 viewer_groups=tuple(settings.hub.viewer_groups),
+                snapshots=SnapshotStore(self.state_dir / "snapshots"),
             )
         )
         self._server: uvicorn.Server | None = None

@@ -1,0 +1,115 @@
+"""Camera snapshots that alerts link to: devices upload a JPEG, people fetch it by id.
+
+Push payloads stay small (RFC 8030 services take about 4 KB), so an alert carries only the
+link. Files live in the hub's state directory (``snapshots/``, mode 0600), are bounded in
+size and number, and the oldest are removed first.
+
+This module does not use ``from __future__ import annotations``: FastAPI reads the route
+signatures at definition time, and they name the injected dependency, a local variable.
+"""
+
+import asyncio
+import os
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Final
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from agent.errors import Codes, RealtimeError
+from agent.hub.accounts import Account, Role
+
+__all__ = ["SNAPSHOTS_PATH", "SnapshotStore", "StoredSnapshot", "add_snapshot_routes"]
+
+SNAPSHOTS_PATH: Final = "/api/snapshots"
+MAX_BYTES: Final = 1024 * 1024
+MAX_FILES: Final = 500
+_ID_RE: Final = re.compile(r"^[0-9a-f]{32}$")
+_JPEG_START: Final = b"\xff\xd8"
+
+
+class StoredSnapshot(BaseModel):
+    """Where an uploaded snapshot can be fetched."""
+
+    id: str
+    url: str
+
+
+class SnapshotStore:
+    """JPEG files in ``directory``; synchronous (callers use ``asyncio.to_thread``)."""
+
+    def __init__(self, directory: Path, *, max_files: int = MAX_FILES) -> None:
+        self.directory = directory
+        self._max_files = max_files
+
+    def put(self, jpeg: bytes) -> str:
+        """Store ``jpeg``; its new id. ``RealtimeError`` for anything but a JPEG in bounds."""
+        if not jpeg.startswith(_JPEG_START):
+            raise RealtimeError(Codes.INVALID_PARAMETER, "A snapshot must be a JPEG image.")
+        if len(jpeg) > MAX_BYTES:
+            raise RealtimeError(
+                Codes.INVALID_PARAMETER,
+                f"The snapshot is {len(jpeg)} bytes; the limit is {MAX_BYTES}.",
+            )
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        snapshot_id = secrets.token_hex(16)
+        fd = os.open(
+            self.directory / f"{snapshot_id}.jpg", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
+        )
+        with os.fdopen(fd, "wb") as file:
+            file.write(jpeg)
+        self._prune()
+        return snapshot_id
+
+    def get(self, snapshot_id: str) -> bytes:
+        """The JPEG stored as ``snapshot_id``; ``RealtimeError`` NOT_FOUND otherwise."""
+        path = self.directory / f"{snapshot_id}.jpg"
+        if not _ID_RE.match(snapshot_id) or not path.is_file():
+            raise RealtimeError(Codes.NOT_FOUND, f'No snapshot "{snapshot_id}".')
+        return path.read_bytes()
+
+    def _prune(self) -> None:
+        files = sorted(self.directory.glob("*.jpg"), key=lambda p: p.stat().st_mtime_ns)
+        for old in files[: max(0, len(files) - self._max_files)]:
+            old.unlink(missing_ok=True)
+
+
+def add_snapshot_routes(
+    app: FastAPI,
+    store: SnapshotStore,
+    *,
+    current_account: Callable[..., Awaitable[Account]],
+) -> None:
+    """``POST /api/snapshots`` (devices and admins) and ``GET /api/snapshots/ID``."""
+    authed = Annotated[Account, Depends(current_account)]
+
+    @app.post(SNAPSHOTS_PATH, tags=["alerts"], status_code=201)
+    async def upload(request: Request, account: authed) -> StoredSnapshot:
+        """Store a JPEG (the raw request body) and answer where to fetch it."""
+        if account.role is Role.USER:
+            raise RealtimeError(Codes.FORBIDDEN, "Only devices and admins upload snapshots.")
+        body = await _bounded_body(request)
+        snapshot_id = await asyncio.to_thread(store.put, body)
+        return StoredSnapshot(id=snapshot_id, url=f"{SNAPSHOTS_PATH}/{snapshot_id}")
+
+    @app.get(SNAPSHOTS_PATH + "/{snapshot_id}", tags=["alerts"])
+    async def fetch(snapshot_id: str, account: authed) -> Response:
+        """The JPEG stored as ``snapshot_id``."""
+        jpeg = await asyncio.to_thread(store.get, snapshot_id)
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private"})
+
+
+async def _bounded_body(request: Request) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BYTES:
+            raise RealtimeError(
+                Codes.INVALID_PARAMETER, f"The snapshot is over the limit of {MAX_BYTES} bytes."
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
