@@ -51,9 +51,7 @@ import logging
 import re
 import ssl
 import weakref
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Self, TypeAlias
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -63,8 +61,15 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from agent import retry
 from agent.errors import Codes, RealtimeError, Texts
+from agent.messages import (
+    DROPPED_CODE,
+    MessageQueue,
+    MessageStream,
+    MessageType,
+    RealtimeMessage,
+    message_from_frame,
+)
 from agent.protocol import (
-    CID_PREFIX,
     Broadcast,
     ClientAction,
     FrameKind,
@@ -104,7 +109,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DROPPED_CODE: Final = "MESSAGES_DROPPED"
 _CONNECTED_TEXT: Final = "Connected to WebSocket server."
 _CLOSED_TEXT: Final = "WebSocket connection closed."
 _SENT: Final = {"type": "success", "message": "Message sent."}
@@ -125,37 +129,6 @@ _MAX_FRAME_BYTES: Final = Limits().max_frame_bytes
 _TOKEN_RE: Final = re.compile(r"(token=)[^&\s]+")
 
 
-class MessageType(enum.StrEnum):
-    """The ``type`` of a message given to the callback (compares equal to its string)."""
-
-    MESSAGE = "message"
-    PRIVATE = "private"
-    NOTICE = "notice"
-    ERROR = "error"
-    SUCCESS = "success"
-    CLOSE = "close"
-    RECONNECT = "reconnect"
-    RTC_INCOMING = "rtc:incoming"
-    RTC_CLOSED = "rtc:closed"
-
-
-@dataclass(frozen=True, slots=True)
-class RealtimeMessage:
-    """One message for the callback, shaped like the reference's ``RealtimeCallback`` argument."""
-
-    type: MessageType
-    message: Any = None
-    sender: str | None = None
-    sender_cid: str | None = None
-    sender_rid: str | None = None
-    code: str | None = None
-    # rtc:incoming only: take the call (``await message.connect_rtc(media=...)``) or refuse it.
-    connect_rtc: Callable[..., Awaitable[Any]] | None = field(
-        default=None, compare=False, repr=False
-    )
-    hangup: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
-
-
 class ConnectionState(enum.Enum):
     """Where the client's hub connection stands."""
 
@@ -168,60 +141,6 @@ class ConnectionState(enum.Enum):
 
 Callback: TypeAlias = Callable[[RealtimeMessage], Awaitable[None] | None]
 RtcHandler: TypeAlias = Callable[[HubFrame], None]
-
-
-def message_from_frame(frame: HubFrame) -> RealtimeMessage | None:
-    """The callback message for a hub frame; ``None`` for ``#rtc`` (handled separately)."""
-    kind = _FRAME_TYPES.get(frame.kind)
-    if kind is None:
-        return None
-    if kind is MessageType.ERROR:
-        return _error_message(frame)
-    return RealtimeMessage(
-        type=kind,
-        message=frame.content,
-        sender=frame.user_id,
-        sender_cid=CID_PREFIX + frame.scid if frame.scid else None,
-        sender_rid=frame.srid,
-        code=frame.code,
-    )
-
-
-class MessageStream:
-    """An async iterator over a client's messages; ends after the ``close`` message."""
-
-    def __init__(self, queue: _MessageQueue, on_close: Callable[[MessageStream], None]) -> None:
-        self._queue = queue
-        self._on_close = on_close
-        self._ended = False
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> RealtimeMessage:
-        if self._ended:
-            raise StopAsyncIteration
-        message = await self._queue.get()
-        if message.type is MessageType.CLOSE:
-            self.close()
-        return message
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def feed(self, message: RealtimeMessage) -> None:
-        """Queue ``message`` for this stream (the client calls this; never blocks)."""
-        if not self._ended:
-            self._queue.put(message)
-
-    def close(self) -> None:
-        """Stop receiving; iteration ends once this is called."""
-        if not self._ended:
-            self._ended = True
-            self._on_close(self)
 
 
 class RealtimeClient(PushMethods):
@@ -290,7 +209,7 @@ class RealtimeClient(PushMethods):
         self._runner: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._first_attempt: asyncio.Future[BaseException | None] | None = None
-        self._callback_queue: _MessageQueue | None = None
+        self._callback_queue: MessageQueue | None = None
         self._streams: weakref.WeakSet[MessageStream] = weakref.WeakSet()
         self._rtc_handler: RtcHandler | None = None
         self._rtc_factory = rtc_factory
@@ -371,7 +290,7 @@ class RealtimeClient(PushMethods):
         oldest message is dropped and an ``error`` message with code ``MESSAGES_DROPPED``
         comes next. Close the stream (or leave ``async with``) to stop receiving.
         """
-        stream = MessageStream(_MessageQueue(maxsize), self._streams.discard)
+        stream = MessageStream(MessageQueue(maxsize), self._streams.discard)
         self._streams.add(stream)
         return stream
 
@@ -632,7 +551,7 @@ class RealtimeClient(PushMethods):
     def _start(self, callback: Callback) -> None:
         loop = asyncio.get_running_loop()
         self._first_attempt = loop.create_future()
-        self._callback_queue = _MessageQueue(_CALLBACK_QUEUE)
+        self._callback_queue = MessageQueue(_CALLBACK_QUEUE)
         self._dispatcher = loop.create_task(self._deliver(self._callback_queue, callback))
         self._set_state(ConnectionState.CONNECTING)
         self._runner = loop.create_task(self._supervise(), name=f"realtime {self._url}")
@@ -791,7 +710,7 @@ class RealtimeClient(PushMethods):
 
     # -- delivery ----------------------------------------------------------------------------
 
-    async def _deliver(self, queue: _MessageQueue, callback: Callback) -> None:
+    async def _deliver(self, queue: MessageQueue, callback: Callback) -> None:
         while True:
             message = await queue.get()
             try:
@@ -931,39 +850,6 @@ class RealtimeClient(PushMethods):
             await session.close()
 
 
-class _MessageQueue:
-    """A bounded queue that drops its oldest message when full and counts the drops."""
-
-    def __init__(self, maxsize: int) -> None:
-        if maxsize < 1:
-            raise ValueError(f"maxsize must be >= 1, got {maxsize}")
-        self._items: deque[RealtimeMessage] = deque()
-        self._maxsize = maxsize
-        self._dropped = 0
-        self._ready = asyncio.Event()
-
-    def put(self, message: RealtimeMessage) -> None:
-        if len(self._items) >= self._maxsize:
-            self._items.popleft()
-            self._dropped += 1
-        self._items.append(message)
-        self._ready.set()
-
-    async def get(self) -> RealtimeMessage:
-        while not self._items and not self._dropped:
-            self._ready.clear()
-            await self._ready.wait()
-        if self._dropped:
-            dropped, self._dropped = self._dropped, 0
-            return RealtimeMessage(
-                MessageType.ERROR,
-                f"{dropped} message(s) dropped: the consumer fell behind "
-                f"(queue of {self._maxsize}).",
-                code=DROPPED_CODE,
-            )
-        return self._items.popleft()
-
-
 class _RedactingLogger(logging.LoggerAdapter[logging.Logger]):
     """Hands records to ``websockets``' logger with the token removed from the text."""
 
@@ -974,22 +860,6 @@ class _RedactingLogger(logging.LoggerAdapter[logging.Logger]):
             except (TypeError, ValueError):
                 text = f"{msg} {args}"
             self.logger.log(level, _TOKEN_RE.sub(r"\1********", text), **kwargs)
-
-
-_FRAME_TYPES: Final = {
-    FrameKind.MESSAGE: MessageType.MESSAGE,
-    FrameKind.PRIVATE: MessageType.PRIVATE,
-    FrameKind.NOTICE: MessageType.NOTICE,
-    FrameKind.ERROR: MessageType.ERROR,
-}
-
-
-def _error_message(frame: HubFrame) -> RealtimeMessage:
-    content = frame.content
-    if isinstance(content, dict):
-        code = content.get("code") if isinstance(content.get("code"), str) else frame.code
-        return RealtimeMessage(MessageType.ERROR, content.get("message", content), code=code)
-    return RealtimeMessage(MessageType.ERROR, content, code=frame.code)
 
 
 def _token_subject(token: str) -> str | None:
