@@ -173,18 +173,21 @@ class TalkbackSink:
     async def _consume(self, output: _Output, frame: AudioFrame) -> bool:
         """Count and play one frame; False if the output failed (it is then dropped)."""
         pcm = bytes(frame.planes[0])[: frame.samples * 2]
-        self.samples += frame.samples
-        self.nonsilent += count_nonsilent(pcm, self._threshold)
-        async with self._heard:
-            self._heard.notify_all()
+        played = True
         try:
             await self._worker.run(output.write, frame, pcm)
         except (av.FFmpegError, OSError) as exc:
             logger.warning("talk-back output failed, dropping audio until the next call: %s", exc)
             if self._output is output:
                 self._output = None
-            return False
-        return True
+            played = False
+        # Counted once handed to the output, so a close right after wait_for() returns
+        # never loses audio that was already counted.
+        self.samples += frame.samples
+        self.nonsilent += count_nonsilent(pcm, self._threshold)
+        async with self._heard:
+            self._heard.notify_all()
+        return played
 
     async def _ensure_output(self) -> _Output:
         """The configured output; the null output (reported) while it cannot be opened."""
