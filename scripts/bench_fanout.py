@@ -44,8 +44,7 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
 
 from agent.media import EncoderConfig, MediaConfig, MediaHub, TestPatternConfig, ToneTrack
-from agent.media.runtime import MediaClock
-from agent.media.sources import PatternSource
+from agent.media.sources import PatternTrack
 
 WIDTH, HEIGHT, FPS = 640, 480, 30
 
@@ -64,23 +63,6 @@ def rss_mb() -> float:
 
 
 # ----------------------------------------------------------------------------- agent side
-
-
-class PatternTrack(MediaStreamTrack):
-    """aiortc's usual shape of a camera track: raw frames, encoded by each sender."""
-
-    kind = "video"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._source = PatternSource(TestPatternConfig(WIDTH, HEIGHT, FPS), MediaClock())
-        self._opened = False
-
-    async def recv(self) -> Any:
-        if not self._opened:
-            await self._source.open()
-            self._opened = True
-        return await self._source.read()
 
 
 class Agent:
@@ -110,7 +92,7 @@ class Agent:
                     track = self.hub.subscribe_audio()
                 track.attach(pc.addTrack(track))
             elif transceiver.kind == "video":
-                self.camera = self.camera or PatternTrack()
+                self.camera = self.camera or PatternTrack(TestPatternConfig(WIDTH, HEIGHT, FPS))
                 pc.addTrack(self.relay.subscribe(self.camera))
             else:
                 self.microphone = self.microphone or ToneTrack()

@@ -38,8 +38,7 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from agent.media import EncoderConfig, FanoutConfig, MediaConfig, MediaHub, TestPatternConfig
-from agent.media.runtime import MediaClock
-from agent.media.sources import PatternSource
+from agent.media.sources import PatternTrack
 
 WIDTH, HEIGHT, FPS, GOP = 640, 480, 30, 300
 
@@ -54,23 +53,6 @@ class DecodeErrors(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if "failed to decode" in record.getMessage():
             self.count += 1
-
-
-class PatternTrack(MediaStreamTrack):
-    """A raw-frame camera track, encoded per sender by aiortc."""
-
-    kind = "video"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._source = PatternSource(TestPatternConfig(WIDTH, HEIGHT, FPS), MediaClock())
-        self._opened = False
-
-    async def recv(self) -> Any:
-        if not self._opened:
-            await self._source.open()
-            self._opened = True
-        return await self._source.read()
 
 
 @dataclass
@@ -112,7 +94,7 @@ class Device:
 
     def add_video(self, pc: RTCPeerConnection) -> None:
         if self.mode == "per-viewer":
-            self.camera = self.camera or PatternTrack()
+            self.camera = self.camera or PatternTrack(TestPatternConfig(WIDTH, HEIGHT, FPS))
             pc.addTrack(self.relay.subscribe(self.camera))
             return
         track = self.hub.subscribe_video()
@@ -226,10 +208,18 @@ async def main(args: argparse.Namespace) -> None:
         report(await measure(mode, joins, args.codec, errors))
 
 
+def _positive(text: str) -> int:
+    """A count of joins: a median needs at least one."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 1 join is needed for a median")
+    return value
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--joins", default=10, type=int)
-    parser.add_argument("--slow-joins", default=3, type=int, help="joins without key frames")
+    parser.add_argument("--joins", default=10, type=_positive)
+    parser.add_argument("--slow-joins", default=3, type=_positive, help="joins without key frames")
     parser.add_argument("--codec", default="VP8", choices=["VP8", "H264"])
     parser.add_argument(
         "--modes", default="encode-once,no-join-keyframe,per-viewer", type=lambda s: s.split(",")

@@ -20,6 +20,7 @@ from fractions import Fraction
 from typing import Any, Protocol
 
 import av
+from aiortc.mediastreams import MediaStreamTrack
 from av.container import InputContainer
 from av.video.frame import PictureType, VideoFrame
 
@@ -47,6 +48,7 @@ __all__ = [
     "EncodedUnit",
     "ExecSource",
     "PatternSource",
+    "PatternTrack",
     "V4L2Opener",
     "V4L2Source",
     "VideoItem",
@@ -452,3 +454,24 @@ async def _close_container(worker: SerialWorker | None, container: InputContaine
             await worker.run(container.close)
     finally:
         worker.shutdown()
+
+
+class PatternTrack(MediaStreamTrack):
+    """aiortc's usual shape of a camera track: raw pattern frames, encoded by each sender.
+
+    The per-viewer baseline the benchmarks compare the shared encoder against.
+    """
+
+    kind = "video"
+
+    def __init__(self, config: TestPatternConfig) -> None:
+        super().__init__()
+        self._source = PatternSource(config, MediaClock())
+        self._opened = False
+
+    async def recv(self) -> Any:
+        """The next frame of the pattern (an ``av.VideoFrame``)."""
+        if not self._opened:
+            await self._source.open()
+            self._opened = True
+        return await self._source.read()
