@@ -22,7 +22,7 @@ from agent.media.encoders import AUDIO_RATE, OpusEncoder
 from agent.media.fanout import EncodedFanout, FanoutTrack
 from agent.media.pipeline import Pipeline, Session
 from agent.media.runtime import MediaClock, SerialWorker, cancel_and_wait
-from agent.media.supervisor import CaptureState, MediaEvent, SourceSupervisor, Timeouts
+from agent.media.supervisor import MediaEvent
 
 __all__ = ["AudioPipeline", "AudioSession"]
 
@@ -87,7 +87,7 @@ class AudioPipeline(Pipeline["AudioSession"]):
         return AudioSession(self, self._config, self._clock, self._primary, self._fallback)
 
 
-class AudioSession(Session):
+class AudioSession(Session[AudioFrame, AudioSource]):
     """One audio capture run: supervisor, timestamps, the Opus encoder thread."""
 
     def __init__(
@@ -98,37 +98,24 @@ class AudioSession(Session):
         primary: AudioSourceFactory,
         fallback: AudioSourceFactory | None,
     ) -> None:
+        super().__init__(
+            media="audio",
+            config=config,
+            clock=clock,
+            primary=primary,
+            fallback=fallback,
+            on_event=pipeline._emit,
+        )
         self._pipeline = pipeline
         self._config = config
         self._clock = clock
         self._worker = SerialWorker("media-audio")
         self._encoder: OpusEncoder | None = None
-        self._source: AudioSource | None = None
         self._backlog: deque[AudioFrame] = deque(maxlen=_BACKLOG)
         self._ready = asyncio.Event()
         self._pts = 0
         self._tasks: list[asyncio.Task[None]] = []
         self.frames = 0
-        self.supervisor: SourceSupervisor[AudioFrame, AudioSource] = SourceSupervisor(
-            media="audio",
-            primary=primary,
-            fallback=fallback,
-            deliver=self._deliver,
-            backoff=config.backoff,
-            on_event=pipeline._emit,
-            clock=clock,
-            timeouts=Timeouts(config.fanout.source_timeout, config.fanout.source_timeout),
-        )
-
-    @property
-    def state(self) -> CaptureState:
-        """The supervisor's state."""
-        return self.supervisor.state
-
-    @property
-    def source_name(self) -> str:
-        """The source delivering now."""
-        return self._source.name if self._source is not None else ""
 
     @property
     def encodes(self) -> int:

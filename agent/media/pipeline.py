@@ -11,28 +11,64 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from agent.media.runtime import cancel_and_wait
-from agent.media.supervisor import CaptureState, MediaEvent, MediaEventKind
+from agent.media.config import MediaConfig
+from agent.media.runtime import MediaClock, cancel_and_wait
+from agent.media.supervisor import (
+    CaptureState,
+    MediaEvent,
+    MediaEventKind,
+    SourceSupervisor,
+    SourceT,
+    T,
+    Timeouts,
+)
 
 __all__ = ["Pipeline", "Session"]
 
 logger = logging.getLogger(__name__)
 
 
-class Session(ABC):
-    """One capture run: its tasks, worker thread and encoders."""
+class Session(ABC, Generic[T, SourceT]):
+    """One capture run: its supervised source, tasks, worker thread and encoders."""
+
+    def __init__(
+        self,
+        *,
+        media: str,
+        config: MediaConfig,
+        clock: MediaClock,
+        primary: Callable[[], SourceT],
+        fallback: Callable[[], SourceT] | None,
+        on_event: Callable[[MediaEvent], None],
+    ) -> None:
+        self._source: SourceT | None = None
+        timeout = config.fanout.source_timeout
+        self.supervisor: SourceSupervisor[T, SourceT] = SourceSupervisor(
+            media=media,
+            primary=primary,
+            fallback=fallback,
+            deliver=self._deliver,
+            backoff=config.backoff,
+            on_event=on_event,
+            clock=clock,
+            timeouts=Timeouts(timeout, timeout),
+        )
 
     @property
-    @abstractmethod
     def state(self) -> CaptureState:
-        """Where the media comes from right now."""
+        """Where the media comes from right now (the supervisor's state)."""
+        return self.supervisor.state
 
     @property
-    @abstractmethod
     def source_name(self) -> str:
         """The source delivering now, or ''."""
+        return self._source.name if self._source is not None else ""
+
+    @abstractmethod
+    def _deliver(self, item: T, source: SourceT) -> None:
+        """Take one item from the source that delivers now (called by the supervisor)."""
 
     @abstractmethod
     def start(self) -> None:
@@ -43,7 +79,7 @@ class Session(ABC):
         """Stop capturing and release everything."""
 
 
-S = TypeVar("S", bound=Session)
+S = TypeVar("S", bound=Session[Any, Any])
 
 
 class Pipeline(ABC, Generic[S]):

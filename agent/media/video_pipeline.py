@@ -26,7 +26,7 @@ from agent.media.pipeline import Pipeline, Session
 from agent.media.policy import shared_bitrate
 from agent.media.runtime import MediaClock, SerialWorker, cancel_and_wait
 from agent.media.sources import VIDEO_TIME_BASE, EncodedUnit, VideoItem, VideoSource
-from agent.media.supervisor import CaptureState, MediaEvent, SourceSupervisor, Timeouts
+from agent.media.supervisor import MediaEvent
 
 __all__ = ["CodecStats", "VideoPipeline", "VideoSession"]
 
@@ -181,7 +181,7 @@ class VideoPipeline(Pipeline["VideoSession"]):
         return VideoSession(self, self._config, self._clock, self._primary, self._fallback)
 
 
-class VideoSession(Session):
+class VideoSession(Session[VideoItem, VideoSource]):
     """One capture run: supervisor, encoder thread, encoders and the pass-through path."""
 
     def __init__(
@@ -192,12 +192,19 @@ class VideoSession(Session):
         primary: VideoSourceFactory,
         fallback: VideoSourceFactory | None,
     ) -> None:
+        super().__init__(
+            media="video",
+            config=config,
+            clock=clock,
+            primary=primary,
+            fallback=fallback,
+            on_event=pipeline._emit,
+        )
         self._pipeline = pipeline
         self._config = config
         self._worker = SerialWorker("media-video")
         self._encoders: dict[VideoCodec, VideoEncoder] = {}
         self._decoder: H264Decoder | None = None
-        self._source: VideoSource | None = None
         self._latest: VideoFrame | None = None
         self._frame_ready = asyncio.Event()
         self._gop: list[EncodedUnit] = []
@@ -210,26 +217,6 @@ class VideoSession(Session):
         self._last_bitrate_change = -_BITRATE_MIN_INTERVAL
         self._tasks: list[asyncio.Task[None]] = []
         self.counters = _Counters()
-        self.supervisor: SourceSupervisor[VideoItem, VideoSource] = SourceSupervisor(
-            media="video",
-            primary=primary,
-            fallback=fallback,
-            deliver=self._deliver,
-            backoff=config.backoff,
-            on_event=pipeline._emit,
-            clock=clock,
-            timeouts=Timeouts(config.fanout.source_timeout, config.fanout.source_timeout),
-        )
-
-    @property
-    def state(self) -> CaptureState:
-        """The supervisor's state."""
-        return self.supervisor.state
-
-    @property
-    def source_name(self) -> str:
-        """The source delivering now."""
-        return self._source.name if self._source is not None else ""
 
     @property
     def passthrough(self) -> bool:
