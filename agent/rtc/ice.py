@@ -6,8 +6,10 @@
   its servers, possibly none.
 * **Host candidates can be restricted** to given interfaces or addresses (a camera on a
   LAN that must not offer its VPN or cellular address; loopback for tests). aioice binds
-  every address it finds and has no option for this, so the connection's candidates are
-  gathered here, with aioice's own routine, before aiortc asks for them.
+  every address it finds and has no option for this; :mod:`agent.rtc.gather` gathers on
+  the addresses chosen here.
+* **The transport policy** ``relay`` (W3C WebRTC ``iceTransportPolicy``) offers relayed
+  candidates only, for sites that must not expose their addresses to callers.
 * **mDNS names** in remote candidates (browsers hide host addresses behind them) are
   resolved by :class:`agent.rtc.mdns.MdnsResolver` before aiortc sees them, in SDP and in
   trickled candidates, so they never reach aioice's resolver (see that module for why).
@@ -15,7 +17,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,9 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import ifaddr
-from aioice.ice import TransportPolicy
-from aiortc import RTCIceServer, RTCPeerConnection
-from aiortc.rtcicetransport import RTCIceCandidate, RTCIceGatherer, parse_stun_turn_uri
+from aiortc import RTCIceServer
+from aiortc.rtcicetransport import RTCIceCandidate, parse_stun_turn_uri
 from aiortc.sdp import candidate_from_sdp
 
 from agent.errors import Codes, RealtimeError
@@ -37,8 +37,6 @@ __all__ = [
     "IceServer",
     "candidate_to_aiortc",
     "ice_servers",
-    "local_candidates",
-    "restrict_gathering",
     "sdp_mdns_names",
     "sdp_with_hosts",
     "select_host_addresses",
@@ -74,6 +72,12 @@ class IceOptions:
     ipv6: bool = True
     mdns: bool = True  # resolve remote mDNS candidates ourselves
     mdns_timeout: float = 1.0
+    transport_policy: str = "all"  # "all" | "relay"
+
+    @property
+    def relay_only(self) -> bool:
+        """Whether only relayed candidates may be used."""
+        return self.transport_policy == "relay"
 
 
 def ice_servers(ice: Any, default: Sequence[IceServer]) -> list[IceServer]:
@@ -157,56 +161,6 @@ def _normal(address: str) -> str:
         return str(ipaddress.ip_address(address))
     except ValueError:
         return address
-
-
-async def restrict_gathering(pc: RTCPeerConnection, addresses: Sequence[str]) -> None:
-    """Gather ``pc``'s host candidates on ``addresses`` only (before setLocalDescription).
-
-    aiortc gathers in ``setLocalDescription`` through ``Connection.gather_candidates``,
-    which takes every address of the machine; a connection that has gathered already
-    skips that step, so gathering it here with the same aioice routine restricts it.
-    """
-    gatherers = [g for g in _gatherers(pc) if g.state == "new"]
-    await asyncio.gather(*(_gather(g, list(addresses)) for g in gatherers))
-
-
-def _gatherers(pc: RTCPeerConnection) -> list[RTCIceGatherer]:
-    transports = [t.sender.transport for t in pc.getTransceivers()]
-    if pc.sctp is not None:
-        transports.append(pc.sctp.transport)
-    gatherers: list[RTCIceGatherer] = []
-    for dtls in transports:
-        gatherer = dtls.transport.iceGatherer
-        if gatherer not in gatherers:
-            gatherers.append(gatherer)
-    return gatherers
-
-
-async def _gather(gatherer: RTCIceGatherer, addresses: list[str]) -> None:
-    # The same steps as aioice 0.13 Connection.gather_candidates, with our addresses.
-    connection = gatherer._connection
-    if connection._local_candidates_start:
-        return
-    connection._local_candidates_start = True
-    if connection._transport_policy is not TransportPolicy.ALL:
-        addresses = []  # RFC 9429 section 3.5.3: relay only
-    results = await asyncio.gather(
-        *(
-            connection.get_component_candidates(component=component, addresses=addresses)
-            for component in sorted(connection._components)
-        )
-    )
-    for candidates in results:
-        connection._local_candidates += candidates
-    connection._local_candidates_end = True
-
-
-def local_candidates(pc: RTCPeerConnection) -> list[RTCIceCandidate]:
-    """Every local candidate gathered for ``pc`` so far."""
-    found: list[RTCIceCandidate] = []
-    for gatherer in _gatherers(pc):
-        found += gatherer.getLocalCandidates()
-    return found
 
 
 # -- remote candidates -------------------------------------------------------------------

@@ -3,8 +3,11 @@
 ``PeerFactory`` makes every ``RTCPeerConnection`` of a process the same way: explicit ICE
 servers (never aiortc's public STUN fallback), MAX_BUNDLE (one transport, one set of
 sockets, for audio, video and data), one DTLS certificate generated at start and shared by
-every call, host candidates restricted as configured, and remote mDNS names resolved
-before aiortc sees them (:mod:`agent.rtc.ice`).
+every call, the configured transport policy, candidates gathered by
+:mod:`agent.rtc.gather` (host ones where allowed, a relay on every TURN URL), remote
+descriptions of ``balanced`` peers reduced to their BUNDLE transport
+(:mod:`agent.rtc.bundle`), and remote mDNS names resolved before aiortc sees them
+(:mod:`agent.rtc.ice`).
 
 ``watch_peer`` and ``watch_channel`` turn aiortc's events into the reference's RTC events
 (``{"type": "connectionstatechange", "target": pc, "state": ...}``), delivered in order by
@@ -17,26 +20,29 @@ import asyncio
 import datetime
 import inspect
 import logging
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeAlias
 
+from aioice.ice import get_host_addresses
 from aiortc import (
     RTCBundlePolicy,
     RTCConfiguration,
     RTCDataChannel,
+    RTCIceTransportPolicy,
     RTCPeerConnection,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcdtlstransport import RTCCertificate
 
+from agent.rtc.bundle import Bundle, bundle_of, sdp_with_bundle_transport
+from agent.rtc.gather import GatherPlan, gather, gather_plan, local_candidates
 from agent.rtc.ice import (
     IceOptions,
     IceServer,
     candidate_to_aiortc,
-    local_candidates,
-    restrict_gathering,
     sdp_mdns_names,
     sdp_with_hosts,
     select_host_addresses,
@@ -94,18 +100,32 @@ class PeerFactory:
                 interfaces=self._ipv4_interfaces(), timeout=self.options.mdns_timeout
             )
         self.resolver = resolver
+        self._plans: weakref.WeakKeyDictionary[RTCPeerConnection, GatherPlan] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._bundles: weakref.WeakKeyDictionary[RTCPeerConnection, Bundle] = (
+            weakref.WeakKeyDictionary()
+        )
 
-    def create(self, servers: Sequence[IceServer] | None = None) -> RTCPeerConnection:
-        """A peer connection with ``servers`` (default: the configured ones) and our cert."""
+    def create(
+        self, servers: Sequence[IceServer] | None = None, *, relay_only: bool | None = None
+    ) -> RTCPeerConnection:
+        """A peer connection with ``servers`` (default: the configured ones) and our cert.
+
+        ``relay_only`` overrides the configured transport policy (True: ``relay``).
+        """
         chosen = self.options.servers if servers is None else servers
+        relay = self.options.relay_only if relay_only is None else relay_only
         configuration = RTCConfiguration(
             iceServers=[server.to_aiortc() for server in chosen],
+            iceTransportPolicy=RTCIceTransportPolicy.RELAY if relay else RTCIceTransportPolicy.ALL,
             bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
         )
         pc = RTCPeerConnection(configuration)
         if not hasattr(pc, _CERTIFICATES_ATTR):  # an aiortc that moved it: fail loudly
             raise RuntimeError("this aiortc keeps its DTLS certificate elsewhere")
         setattr(pc, _CERTIFICATES_ATTR, [self.certificate])
+        self._plans[pc] = gather_plan(chosen, relay_only=relay)
         return pc
 
     def host_addresses(self) -> list[str] | None:
@@ -115,17 +135,22 @@ class PeerFactory:
     async def set_local(
         self, pc: RTCPeerConnection, description: RTCSessionDescription
     ) -> Description:
-        """Gather (on the allowed addresses) and set the local description."""
+        """Gather (host candidates on the allowed addresses) and set the local description."""
+        plan = self._plans.get(pc) or gather_plan(
+            self.options.servers, relay_only=self.options.relay_only
+        )
         addresses = self.host_addresses()
-        if addresses is not None:
-            await restrict_gathering(pc, addresses)
+        if addresses is None:
+            addresses = get_host_addresses(use_ipv4=True, use_ipv6=self.options.ipv6)
+        await gather(pc, plan, addresses)
         await pc.setLocalDescription(description)
         local = pc.localDescription
         return Description(local.type, local.sdp)
 
     async def set_remote(self, pc: RTCPeerConnection, description: Description) -> None:
-        """Set the remote description, its mDNS candidates resolved first."""
-        sdp = description.sdp
+        """Set the remote description: one BUNDLE transport, mDNS candidates resolved."""
+        sdp = sdp_with_bundle_transport(description.sdp)
+        self._bundles[pc] = bundle_of(sdp)
         names = sdp_mdns_names(sdp) if self.resolver is not None else set()
         if names:
             addresses = await asyncio.gather(*(self._resolve(name) for name in names))
@@ -140,7 +165,11 @@ class PeerFactory:
         return None if address is None else candidate.with_host(address)
 
     async def add_candidate(self, pc: RTCPeerConnection, candidate: IceCandidate) -> None:
-        """Add a (resolved) remote candidate."""
+        """Add a (resolved) remote candidate, unless it is for a transport BUNDLE drops."""
+        bundle = self._bundles.get(pc)
+        if bundle is not None and not bundle.carries(candidate.sdp_mid, candidate.sdp_mline_index):
+            log.debug("ignored a candidate of bundled m= section %s", candidate.sdp_mid)
+            return
         await pc.addIceCandidate(candidate_to_aiortc(candidate))
 
     def close(self) -> None:
