@@ -11,9 +11,11 @@ Usage::
 
 How it behaves where the reference leaves room:
 
-- **Reconnects forever.** A lost or refused connection is retried with capped exponential
-  backoff and full jitter (:mod:`agent.retry`); every wait is announced with a ``reconnect``
-  message and every (re)connection with ``success``. After a reconnect the client rejoins
+- **Reconnects forever, and soon.** A lost or refused connection is retried on the
+  schedule of :class:`agent.retry.Reconnect`: within a second after a hub restart (close
+  code 1012) and throughout the first minute of an outage, then backing off with full
+  jitter to 30 s. Every wait is announced with a ``reconnect`` message and every
+  (re)connection with ``success``. After a reconnect the client rejoins
   its groups (the first plainly, the rest with ``keep``) before it reports ``success``.
 - **A refused token is reported, not fatal.** When the hub answers the upgrade with 401/403
   (or closes with 4401/4403) the client emits an ``error`` with code ``UNAUTHORIZED`` or
@@ -113,9 +115,6 @@ _CONNECTED_TEXT: Final = "Connected to WebSocket server."
 _CLOSED_TEXT: Final = "WebSocket connection closed."
 _SENT: Final = {"type": "success", "message": "Message sent."}
 _LEFT_ALL_TEXT: Final = "Left realtime message group."
-# A connection that stayed up this long resets the backoff; one the hub drops right after
-# accepting it (too many connections, a policy close) keeps backing off instead.
-_STABLE_SECONDS: Final = 10.0
 _CALLBACK_QUEUE: Final = 1024
 _DRAIN_SECONDS: Final = 5.0
 _CLOSE_SECONDS: Final = 2.0
@@ -153,7 +152,8 @@ class RealtimeClient(PushMethods):
         token: str,
         http_url: str | None = None,
         keepalive_interval: float = 15.0,
-        backoff: Callable[[], Iterator[float]] = retry.backoff,
+        backoff: Callable[[], Iterator[float]] | None = None,
+        reconnect: retry.ReconnectPolicy | None = None,
         refused_delay: float = 30.0,
         open_timeout: float = 10.0,
         request_timeout: float = 30.0,
@@ -170,7 +170,9 @@ class RealtimeClient(PushMethods):
             token: The JWT the hub issued (``edge-agent token --user NAME``).
             http_url: Base of the HTTP API; derived from ``url`` (``http[s]://HOST:PORT``).
             keepalive_interval: Seconds between ``keepAlive`` frames (the hosted service's 15).
-            backoff: Factory of reconnect delays (see :func:`agent.retry.backoff`).
+            backoff: Factory of plain reconnect delays (see :func:`agent.retry.backoff`)
+                instead of the outage-aware schedule; for tests and comparisons.
+            reconnect: The numbers of the reconnect schedule (:class:`agent.retry.Reconnect`).
             refused_delay: Ceiling of the delay after the hub refused the token.
             open_timeout: Seconds allowed for one connection's opening handshake.
             request_timeout: Seconds allowed for one HTTP call.
@@ -195,6 +197,7 @@ class RealtimeClient(PushMethods):
         self._http_url = (http_url or _http_base(self._url)).rstrip("/")
         self._keepalive_interval = keepalive_interval
         self._backoff = backoff
+        self._reconnect = reconnect or retry.ReconnectPolicy(refused_seconds=refused_delay)
         self._refused_delay = refused_delay
         self._open_timeout = open_timeout
         self._request_timeout = request_timeout
@@ -566,7 +569,8 @@ class RealtimeClient(PushMethods):
             self._give_up(exc)
 
     async def _run(self) -> None:
-        delays = self._backoff()
+        loop = asyncio.get_running_loop()
+        schedule = self._schedule()
         attempt = 0
         error: Exception
         while True:
@@ -578,23 +582,22 @@ class RealtimeClient(PushMethods):
                 error = exc
             else:
                 attempt = 0
-                error, lived = await self._serve(ws)
-                if lived >= _STABLE_SECONDS:
-                    delays = self._backoff()
+                schedule.opened(loop.time())
+                error = await self._serve(ws)
             self._settle_first_attempt(error)
-            verdict = retry.classify(error)
-            if verdict is retry.Verdict.GIVE_UP:
+            if retry.classify(error) is retry.Verdict.GIVE_UP:
                 self._give_up(error)
                 return
-            delay = (
-                next(delays)
-                if verdict is retry.Verdict.RETRY
-                else retry.capped_delay(self._refused_delay)
-            )
+            delay = schedule.delay(error, loop.time())
             attempt += 1
             self._set_state(ConnectionState.RECONNECTING)
             self._report_retry(error, delay, attempt)
             await asyncio.sleep(delay)
+
+    def _schedule(self) -> retry.ReconnectSchedule:
+        if self._backoff is not None:
+            return retry.FixedBackoff(self._backoff, refused_seconds=self._refused_delay)
+        return retry.Reconnect(self._reconnect)
 
     async def _open(self) -> ClientConnection:
         return await connect(
@@ -608,17 +611,15 @@ class RealtimeClient(PushMethods):
             proxy=None,
         )
 
-    async def _serve(self, ws: ClientConnection) -> tuple[Exception, float]:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        keepalive = loop.create_task(self._keep_alive(ws))
+    async def _serve(self, ws: ClientConnection) -> Exception:
+        keepalive = asyncio.get_running_loop().create_task(self._keep_alive(ws))
         try:
             await self._on_open(ws)
-            return await self._read(ws), loop.time() - started
+            return await self._read(ws)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a failed send while rejoining ends this connection
-            return exc, loop.time() - started
+            return exc
         finally:
             self._ws = None
             keepalive.cancel()

@@ -6,6 +6,13 @@ and does the waiting itself, so the policy is tested without an event loop.
 Delays use "full jitter" (a uniform draw between zero and the capped exponential delay):
 many devices that lost the same hub at the same moment then spread their reconnects over
 the whole window instead of arriving together.
+
+:class:`Reconnect` is the hub connection's schedule: a hub that says it restarts (close
+code 1012, or 1001) is tried again within a second; after an abrupt loss every delay stays
+under a second for the first minute of the outage (most outages are a restart or a short
+network blip, and a device should be back as soon as the hub is), then the ceiling doubles
+per attempt up to a 30 s cap. :class:`FixedBackoff` is the plain capped exponential
+schedule behind the same interface (what clients did before; benchmarks compare the two).
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ import enum
 import random
 import ssl
 from collections.abc import Callable, Iterator
-from typing import Final
+from dataclasses import dataclass
+from typing import Final, Protocol
 
 from websockets.exceptions import (
     ConnectionClosed,
@@ -27,10 +35,17 @@ from websockets.exceptions import (
 from agent.errors import Codes
 
 __all__ = [
+    "RESTART_CLOSE_CODES",
+    "FixedBackoff",
+    "Reconnect",
+    "ReconnectPolicy",
+    "ReconnectSchedule",
     "Verdict",
     "backoff",
     "capped_delay",
     "classify",
+    "full_jitter",
+    "is_restart",
     "is_retryable",
     "refusal_code",
 ]
@@ -43,6 +58,9 @@ _TRANSIENT_STATUSES: Final = frozenset({408, 425, 429})
 # Of those, only a refused token calls for slowing down; idle (4408), slow reader (4409)
 # and too many connections (4429) are over once the next connection starts.
 _REFUSED_CLOSE_CODES: Final = frozenset({4401, 4403})
+# Close codes of a server that is going away on purpose and will be back: 1001 going away
+# (RFC 6455 7.4.1) and 1012 service restart (IANA WebSocket close code registry).
+RESTART_CLOSE_CODES: Final = frozenset({1001, 1012})
 
 
 class Verdict(enum.Enum):
@@ -72,15 +90,40 @@ def backoff(
             f"backoff needs initial > 0, factor >= 1 and cap >= initial "
             f"(got initial={initial}, factor={factor}, cap={cap})"
         )
-    ceiling = initial
+    attempt = 0
     while True:
-        yield jitter() * ceiling
-        ceiling = min(cap, ceiling * factor)
+        yield full_jitter(attempt, initial=initial, factor=factor, cap=cap, jitter=jitter)
+        attempt += 1
+
+
+def full_jitter(
+    attempt: int,
+    *,
+    initial: float,
+    factor: float = 2.0,
+    cap: float,
+    jitter: Callable[[], float] = random.random,
+) -> float:
+    """The delay before retry number ``attempt`` (0 first): ``jitter() * min(cap, initial *
+    factor**attempt)``, the one formula every backoff of the project uses."""
+    # The exponent stops growing long after the cap is reached: a retry count in the
+    # thousands (a queue row retried for a day) must not overflow a float.
+    ceiling = min(cap, initial * factor ** min(attempt, _MAX_EXPONENT))
+    return jitter() * ceiling
 
 
 def capped_delay(cap: float = 30.0, jitter: Callable[[], float] = random.random) -> float:
     """A delay between half the cap and the cap, for failures that retrying soon won't fix."""
     return cap / 2 + jitter() * cap / 2
+
+
+def is_restart(exc: BaseException) -> bool:
+    """Whether the hub closed the connection because it is restarting (1012 or 1001)."""
+    return (
+        isinstance(exc, ConnectionClosed)
+        and exc.rcvd is not None
+        and exc.rcvd.code in RESTART_CLOSE_CODES
+    )
 
 
 def classify(exc: BaseException) -> Verdict:
@@ -131,3 +174,121 @@ def _classify_close(code: int | None) -> Verdict:
     # Going away (1001, a hub restart), policy closes (1008, rate limits), abnormal
     # closures (1006): the next connection starts clean.
     return Verdict.RETRY
+
+
+# -- reconnect schedules ------------------------------------------------------------------------
+
+_MAX_EXPONENT: Final = 64
+
+
+class ReconnectSchedule(Protocol):
+    """How long a connection loop waits before its next attempt (pure; the clock is passed)."""
+
+    def opened(self, now: float) -> None:
+        """A connection opened at ``now``."""
+        ...
+
+    def delay(self, error: BaseException, now: float) -> float:
+        """Seconds to wait after ``error`` (a failed attempt or an ended connection)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectPolicy:
+    """The numbers of :class:`Reconnect` (see the module docstring)."""
+
+    quick_seconds: float = 1.0  # the ceiling of every delay while the outage is young
+    quick_window_seconds: float = 60.0  # how long an outage counts as young
+    factor: float = 2.0  # growth of the ceiling per attempt after the window
+    cap_seconds: float = 30.0  # the largest ceiling
+    # A connection that stayed up this long ends the outage; one the hub drops right after
+    # accepting it (too many connections, a policy close) does not.
+    stable_seconds: float = 10.0
+    refused_seconds: float = 30.0  # ceiling after a refused token (drawn in its upper half)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.quick_seconds <= self.cap_seconds or self.factor < 1:
+            raise ValueError(
+                "a reconnect policy needs 0 < quick_seconds <= cap_seconds and factor >= 1"
+            )
+
+
+class Reconnect:
+    """The hub connection's schedule: quick while an outage is young, then backing off."""
+
+    def __init__(
+        self, policy: ReconnectPolicy | None = None, *, jitter: Callable[[], float] = random.random
+    ) -> None:
+        self.policy = policy or ReconnectPolicy()
+        self._jitter = jitter
+        self._outage_since: float | None = None
+        self._opened_at: float | None = None
+        self._slow_attempts = 0
+
+    @property
+    def outage_since(self) -> float | None:
+        """When the current outage began (``None``: connected, or never tried)."""
+        return None if self._opened_at is not None else self._outage_since
+
+    def opened(self, now: float) -> None:
+        """A connection opened at ``now``; the outage may be over (see ``stable_seconds``)."""
+        self._opened_at = now
+
+    def delay(self, error: BaseException, now: float) -> float:
+        """Seconds to wait after ``error`` at ``now``."""
+        policy = self.policy
+        self._track_outage(error, now)
+        if classify(error) is Verdict.RETRY_AT_CAP:
+            return capped_delay(policy.refused_seconds, self._jitter)
+        since = now if self._outage_since is None else self._outage_since
+        if now - since < policy.quick_window_seconds:
+            return self._jitter() * policy.quick_seconds
+        attempt = self._slow_attempts = self._slow_attempts + 1
+        return full_jitter(
+            attempt,
+            initial=policy.quick_seconds,
+            factor=policy.factor,
+            cap=policy.cap_seconds,
+            jitter=self._jitter,
+        )
+
+    def _track_outage(self, error: BaseException, now: float) -> None:
+        opened, self._opened_at = self._opened_at, None
+        stable = opened is not None and now - opened >= self.policy.stable_seconds
+        if self._outage_since is None or stable or (opened is not None and is_restart(error)):
+            # A new outage: the first one, the end of a connection that had settled, or a
+            # hub that said it restarts (it will be back soon whatever came before).
+            self._outage_since = now
+            self._slow_attempts = 0
+
+
+class FixedBackoff:
+    """Capped exponential backoff with full jitter, reset by a connection that lasted."""
+
+    def __init__(
+        self,
+        delays: Callable[[], Iterator[float]] = backoff,
+        *,
+        stable_seconds: float = 10.0,
+        refused_seconds: float = 30.0,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._factory = delays
+        self._delays = delays()
+        self._stable = stable_seconds
+        self._refused = refused_seconds
+        self._jitter = jitter
+        self._opened_at: float | None = None
+
+    def opened(self, now: float) -> None:
+        """A connection opened at ``now``."""
+        self._opened_at = now
+
+    def delay(self, error: BaseException, now: float) -> float:
+        """The next delay of the backoff (restarted after a stable connection)."""
+        opened, self._opened_at = self._opened_at, None
+        if opened is not None and now - opened >= self._stable:
+            self._delays = self._factory()
+        if classify(error) is Verdict.RETRY_AT_CAP:
+            return capped_delay(self._refused, self._jitter)
+        return next(self._delays)

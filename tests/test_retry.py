@@ -20,7 +20,19 @@ from websockets.frames import Close
 from websockets.http11 import Response
 
 from agent.errors import Codes
-from agent.retry import Verdict, backoff, capped_delay, classify, is_retryable, refusal_code
+from agent.retry import (
+    FixedBackoff,
+    Reconnect,
+    ReconnectPolicy,
+    Verdict,
+    backoff,
+    capped_delay,
+    classify,
+    full_jitter,
+    is_restart,
+    is_retryable,
+    refusal_code,
+)
 
 
 def _status(code: int) -> InvalidStatus:
@@ -142,3 +154,94 @@ def test_classify(exc: BaseException, verdict: Verdict) -> None:
 )
 def test_refusal_code(exc: BaseException, code: str | None) -> None:
     assert refusal_code(exc) == code
+
+
+# -- full jitter ------------------------------------------------------------------------------
+
+
+def test_full_jitter_is_one_formula_for_every_attempt() -> None:
+    ceilings = [full_jitter(n, initial=0.5, cap=30, jitter=lambda: 1.0) for n in range(8)]
+    assert ceilings == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert full_jitter(3, initial=1, factor=3, cap=100, jitter=lambda: 0.5) == 13.5
+    # A row retried for days: the exponent stops growing, nothing overflows.
+    assert full_jitter(100_000, initial=1, cap=60, jitter=lambda: 1.0) == 60.0
+
+
+# -- the hub connection's schedule ------------------------------------------------------------
+
+CLOSED_1012 = _closed(1012)
+LOST = ConnectionRefusedError(111, "refused")
+
+
+def test_a_hub_restart_is_retried_within_a_second() -> None:
+    schedule = Reconnect(jitter=lambda: 0.999)
+    schedule.opened(now=0.0)
+    # The hub says it restarts after an hour: no backoff left over from anything.
+    assert schedule.delay(_closed(1012), now=3600.0) < 1.0
+    assert schedule.outage_since == 3600.0
+    assert schedule.delay(LOST, now=3601.0) < 1.0  # still starting up
+    schedule.opened(now=3602.0)
+    assert schedule.outage_since is None
+
+
+def test_an_abrupt_loss_stays_under_a_second_for_a_minute_then_backs_off() -> None:
+    schedule = Reconnect(jitter=lambda: 1.0)
+    schedule.opened(now=0.0)
+    now, delays = 100.0, []
+    while now < 100.0 + 300:
+        delay = schedule.delay(_closed(None) if not delays else LOST, now=now)
+        delays.append((now - 100.0, delay))
+        now += delay
+    young = [d for t, d in delays if t < 60]
+    old = [d for t, d in delays if t >= 60]
+    assert len(young) == 60
+    assert max(young) == 1.0
+    assert old[:6] == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]  # then doubling to the cap
+    assert max(old) == 30.0
+
+
+def test_delays_are_full_jitter_below_the_ceiling() -> None:
+    draws = iter([0.0, 0.25, 0.5])
+    schedule = Reconnect(jitter=lambda: next(draws))
+    assert [schedule.delay(LOST, now=t) for t in (0.0, 0.1, 0.2)] == [0.0, 0.25, 0.5]
+
+
+def test_a_connection_dropped_right_after_opening_does_not_end_the_outage() -> None:
+    schedule = Reconnect(jitter=lambda: 1.0)
+    schedule.delay(LOST, now=0.0)
+    for second in range(1, 70):
+        schedule.opened(now=float(second))  # accepted, then closed at once (4429, 1008)
+        delay = schedule.delay(_closed(4429), now=second + 0.1)
+    assert delay > 1.0  # the outage began at 0 and is over a minute old
+    assert schedule.outage_since == 0.0
+    schedule.opened(now=100.0)
+    assert schedule.delay(_closed(1006), now=100.0 + 10) == 1.0  # lived 10 s: a new outage
+
+
+def test_a_refused_token_waits_in_the_upper_half_of_its_cap() -> None:
+    schedule = Reconnect(ReconnectPolicy(refused_seconds=20), jitter=lambda: 0.0)
+    assert schedule.delay(_status(401), now=0.0) == 10.0
+    assert schedule.delay(_closed(4403), now=1.0) == 10.0
+
+
+def test_the_policy_refuses_nonsense() -> None:
+    with pytest.raises(ValueError, match="reconnect policy"):
+        ReconnectPolicy(quick_seconds=0)
+    with pytest.raises(ValueError, match="reconnect policy"):
+        ReconnectPolicy(quick_seconds=40, cap_seconds=30)
+
+
+def test_is_restart_knows_1012_and_1001_only() -> None:
+    assert is_restart(_closed(1012))
+    assert is_restart(_closed(1001))
+    assert not any(is_restart(e) for e in (_closed(1006), _closed(None), LOST, _status(503)))
+
+
+def test_fixed_backoff_keeps_doubling_until_a_connection_lasts() -> None:
+    schedule = FixedBackoff(lambda: backoff(0.5, 2, 30, jitter=lambda: 1.0), jitter=lambda: 0.0)
+    assert [schedule.delay(_closed(1012), now=float(t)) for t in range(4)] == [0.5, 1, 2, 4]
+    schedule.opened(now=10.0)
+    assert schedule.delay(LOST, now=12.0) == 8.0  # 2 s up: not stable, keeps growing
+    schedule.opened(now=20.0)
+    assert schedule.delay(LOST, now=31.0) == 0.5  # 11 s up: starts over
+    assert schedule.delay(_status(403), now=32.0) == 15.0
