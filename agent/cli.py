@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 from agent import __version__
 from agent.config import LOG_LEVELS, Settings, check_settings_file, load_settings, parse_duration
 from agent.errors import AccountError, ConfigError, EdgeAgentError
-from agent.hub.accounts import ACCOUNTS_FILE, AccountStore, Role
+from agent.hub.accounts import ACCOUNTS_FILE, AccountStore, Role, check_new_password
 from agent.statedir import resolve_state_dir
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
@@ -121,13 +121,21 @@ def _add_hub(commands: _Commands) -> None:
 def _add_user(commands: _Commands) -> None:
     user = commands.add_parser("user", parents=_options(), help="manage the hub's accounts")
     actions = user.add_subparsers(title="actions", metavar="ACTION", required=True)
-    add = actions.add_parser("add", parents=_options(), help="create an account")
+    add = actions.add_parser(
+        "add",
+        parents=_options(),
+        help="create an account",
+        description="Create an account. Its password must be at least [hub] "
+        "min_password_length characters long (12 unless set otherwise); without one, "
+        "the account logs in with tokens only.",
+    )
     add.add_argument("name", metavar="NAME")
     add.add_argument("--role", choices=[role.value for role in Role], default=Role.USER.value)
     add.add_argument(
         "--password-stdin",
         action="store_true",
-        help="read the password from standard input (one trailing newline is dropped)",
+        help="read the password from standard input (one trailing newline is dropped); "
+        "at least [hub] min_password_length characters (default 12)",
     )
     add.set_defaults(handler=_cmd_user_add)
     listing = actions.add_parser("list", parents=_options(), help="list accounts")
@@ -227,7 +235,9 @@ def _cmd_user_add(args: argparse.Namespace) -> int:
     state_dir = _state_dir(args)
     password = _new_password(args)
     with _accounts(state_dir) as store:
-        account = store.add(args.name, password, Role(args.role))
+        account = store.add(
+            args.name, password, Role(args.role), min_password_length=_min_password_length(args)
+        )
     if password is None:
         print(
             f"edge-agent: {args.name} has no password and logs in with tokens only", file=sys.stderr
@@ -339,12 +349,24 @@ def _accounts(state_dir: Path) -> Iterator[AccountStore]:
 
 
 def _new_password(args: argparse.Namespace) -> str | None:
+    """The new account's password (``None``: tokens only); ``AccountError`` naming the
+    length rule when it is too short, before anything is written."""
+    minimum = _min_password_length(args)
+    password: str | None
     if args.password_stdin:
-        return _password_from_stdin()
-    if sys.stdin.isatty():
-        return _password_from_prompt(args.name)
-    # No terminal to ask on: a device account that will only ever use tokens.
-    return None
+        password = _password_from_stdin()
+    elif sys.stdin.isatty():
+        password = _password_from_prompt(args.name, minimum)
+    else:
+        # No terminal to ask on: a device account that will only ever use tokens.
+        return None
+    if password is not None:
+        check_new_password(password, minimum)
+    return password
+
+
+def _min_password_length(args: argparse.Namespace) -> int:
+    return _load(args).hub.min_password_length
 
 
 def _password_from_stdin() -> str:
@@ -357,9 +379,11 @@ def _password_from_stdin() -> str:
     return data
 
 
-def _password_from_prompt(name: str) -> str | None:
+def _password_from_prompt(name: str, minimum: int) -> str | None:
     try:
-        first = getpass.getpass(f"Password for {name} (empty for none): ")
+        first = getpass.getpass(
+            f"Password for {name} (at least {minimum} characters, empty for none): "
+        )
         if not first:
             return None
         again = getpass.getpass("Repeat the password: ")

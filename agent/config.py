@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import ipaddress
 import json
 import os
 import re
@@ -63,6 +64,7 @@ __all__ = [
     "REDACTED",
     "ConnectSettings",
     "HubLimits",
+    "HubLoginSettings",
     "HubSettings",
     "Settings",
     "check_settings_file",
@@ -131,6 +133,18 @@ class HubLimits(_Section):
         return self
 
 
+class HubLoginSettings(_Section):
+    """How many password checks the hub runs at once ([hub.login]).
+
+    The password hash (scrypt) takes ~50 ms of a core and 16 MiB each; it runs on
+    ``kdf_threads`` threads of its own with ``kdf_queue`` more logins waiting, and a login
+    beyond that is refused at once (503) rather than queued.
+    """
+
+    kdf_threads: int = Field(default=1, ge=1, le=64)
+    kdf_queue: int = Field(default=16, ge=0, le=10000)
+
+
 class HubSettings(_Section):
     """Where the hub listens and how it is reached ([hub])."""
 
@@ -144,11 +158,30 @@ class HubSettings(_Section):
     # its calls (a phone outside the LAN needs TURN; none by default, never a public one).
     viewer_groups: list[str] = Field(default_factory=lambda: ["devices"], min_length=1)
     ice_servers: list[IceServerSettings] = Field(default_factory=list)
+    # Passwords set from now on (user add, password changes) are at least this long.
+    min_password_length: int = Field(default=12, ge=1, le=1024)
+    # Reverse proxies whose X-Forwarded-For names the client (addresses or networks): login
+    # throttling counts per client address, and behind a proxy every client would otherwise
+    # share the proxy's. Loopback by default, for a proxy on the same machine.
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    login: HubLoginSettings = Field(default_factory=HubLoginSettings)
 
     @field_validator("public_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         return None if value is None else _check_url(value, _HTTP_SCHEMES)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _ip_networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (e.g. 10.0.0.5, 10.0.0.0/24)"
+                ) from None
+        return value
 
     @model_validator(mode="after")
     def _tls_pair(self) -> HubSettings:

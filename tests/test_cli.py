@@ -68,7 +68,9 @@ def cli(tmp_path: Path) -> Cli:
     return run
 
 
-def add_user(cli: Cli, state: Path, name: str, *extra: str, phrase: str = "pw") -> str:
+def add_user(
+    cli: Cli, state: Path, name: str, *extra: str, phrase: str = "a long passphrase"
+) -> str:
     args = ["user", "add", name, "--password-stdin", "--state-dir", str(state), *extra]
     result = cli(*args, stdin=phrase + "\n")
     assert result.code == 0, result.err
@@ -100,7 +102,8 @@ def test_user_add_prints_the_id_and_stores_the_password(cli: Cli, state: Path) -
 
 def test_user_add_twice_fails_clearly(cli: Cli, state: Path) -> None:
     add_user(cli, state, "alice")
-    again = cli("user", "add", "alice", "--password-stdin", "--state-dir", str(state), stdin="x")
+    args = ("user", "add", "alice", "--password-stdin", "--state-dir", str(state))
+    again = cli(*args, stdin="another passphrase")
     assert again.code == 1
     assert again.out == ""
     assert again.err.strip() == 'edge-agent: An account named "alice" already exists.'
@@ -125,10 +128,33 @@ def test_user_add_refuses_empty_stdin_and_bad_names(cli: Cli, state: Path) -> No
     empty = cli("user", "add", "bob", "--password-stdin", "--state-dir", str(state), stdin="\n")
     assert empty.code == 1
     assert "--password-stdin" in empty.err
-    bad = cli("user", "add", "no spaces", "--password-stdin", "--state-dir", str(state), stdin="x")
+    args = ("user", "add", "no spaces", "--password-stdin", "--state-dir", str(state))
+    bad = cli(*args, stdin="a long passphrase")
     assert bad.code == 1
     assert "Bad account name 'no spaces'" in bad.err
     assert "bob" not in cli("user", "list", "--state-dir", str(state)).out
+
+
+def test_user_add_refuses_a_short_password_naming_the_rule(cli: Cli, state: Path) -> None:
+    args = ("user", "add", "bob", "--password-stdin", "--state-dir", str(state))
+    short = cli(*args, stdin="eleven char\n")
+    assert short.code == 1
+    assert short.out == ""
+    assert short.err.strip() == (
+        "edge-agent: The password is too short: use at least 12 characters "
+        "([hub] min_password_length)."
+    )
+    assert "bob" not in cli("user", "list", "--state-dir", str(state)).out
+    stricter = {"EDGE_AGENT_HUB__MIN_PASSWORD_LENGTH": "16"}
+    refused = cli(*args, stdin="thirteen char", env=stricter)
+    assert refused.code == 1
+    assert "at least 16 characters" in refused.err
+    # A lower minimum reaches the store too: the setting is the rule, not a second check.
+    laxer = {"EDGE_AGENT_HUB__MIN_PASSWORD_LENGTH": "8"}
+    assert cli(*args, stdin="eight ch", env=laxer).code == 0
+    helped = cli("user", "add", "--help")
+    assert "min_password_length" in " ".join(helped.out.split())
+    assert "12" in helped.out
 
 
 def test_user_list_and_remove(cli: Cli, state: Path) -> None:

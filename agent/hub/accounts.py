@@ -5,9 +5,11 @@ people log in with and what settings use). Passwords are hashed with scrypt (RFC
 memory-hard KDF, with a per-account salt, and compared in constant time. An account without
 a password (a device that only ever uses minted tokens) cannot log in.
 
-The methods are synchronous; async callers wrap them in ``asyncio.to_thread``. One store may
-be used from several threads (a lock serialises them) and several processes (the CLI adds a
-user while the hub runs: SQLite locks the file, a busy timeout waits for the other writer).
+The methods are synchronous; async callers wrap them in ``asyncio.to_thread`` (the hub
+runs ``verify_password``, a deliberately slow scrypt, on a pool of its own:
+:mod:`agent.hub.login`). One store may be used from several threads (a lock serialises
+them) and several processes (the CLI adds a user while the hub runs: SQLite locks the
+file, a busy timeout waits for the other writer).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import base64
 import builtins
 import enum
+import functools
 import hashlib
 import hmac
 import re
@@ -30,12 +33,25 @@ from agent.errors import AccountError
 from agent.protocol import is_user_id
 from agent.storage import PrivateDatabase
 
-__all__ = ["ACCOUNTS_FILE", "Account", "AccountStore", "Role", "check_password", "hash_password"]
+__all__ = [
+    "ACCOUNTS_FILE",
+    "MIN_PASSWORD_LENGTH",
+    "Account",
+    "AccountStore",
+    "Role",
+    "check_new_password",
+    "check_password",
+    "hash_password",
+]
 
 ACCOUNTS_FILE: Final = "accounts.db"
 # Names are what people type at a login prompt and write in TOML: keep them plain.
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _MAX_PASSWORD_CHARS: Final = 1024
+# New passwords, unless the caller says otherwise ([hub] min_password_length): length is what
+# makes a guessed password expensive (NIST SP 800-63B s. 3.1.1.2 asks for at least 8; 12
+# also holds against an offline attack on a stolen database).
+MIN_PASSWORD_LENGTH: Final = 12
 # scrypt cost: N=2**14, r=8 is 16 MiB and ~50 ms per hash on a Pi-class core (RFC 7914 s. 2
 # recommends r=8; N is the memory/CPU knob).
 _SCRYPT_N: Final = 2**14
@@ -82,10 +98,18 @@ class AccountStore:
         self._lock, self._db = self._store.lock, self._store.connection
         self._db.execute(_SCHEMA)
 
-    def add(self, name: str, password: str | None, role: Role = Role.USER) -> Account:
-        """Create an account; ``AccountError`` on a bad or taken name or a bad password."""
+    def add(
+        self,
+        name: str,
+        password: str | None,
+        role: Role = Role.USER,
+        *,
+        min_password_length: int = MIN_PASSWORD_LENGTH,
+    ) -> Account:
+        """Create an account; ``AccountError`` on a bad or taken name, or a password shorter
+        than ``min_password_length``."""
         _check_name(name)
-        digest = None if password is None else hash_password(password)
+        digest = None if password is None else _new_hash(password, min_password_length)
         account = Account(str(uuid.uuid4()), name, Role(role), time.time())
         try:
             with self._lock:
@@ -119,21 +143,29 @@ class AccountStore:
         return found[0] if found else None
 
     def verify_password(self, name: str, password: str) -> Account | None:
-        """The account if ``password`` is right for ``name``; ``None`` otherwise."""
+        """The account if ``password`` is right for ``name``; ``None`` otherwise, never raises
+        for any name or password.
+
+        An unknown name, an account without a password, an empty or an overlong password
+        each cost one scrypt against a dummy hash, like a wrong password: neither the answer
+        nor its timing tells which names exist.
+        """
         with self._lock:
             row = self._db.execute(
                 "SELECT password_hash FROM accounts WHERE name = ?", (name,)
             ).fetchone()
         stored = row[0] if row else None
-        if stored is None or len(password) > _MAX_PASSWORD_CHARS:
-            # Spend the same time as a real check so timing does not reveal which names exist.
-            hash_password("x" if len(password) > _MAX_PASSWORD_CHARS else password)
+        if stored is None or not password or len(password) > _MAX_PASSWORD_CHARS:
+            check_password(password[:_MAX_PASSWORD_CHARS], _dummy_hash())
             return None
         return self.get_by_name(name) if check_password(password, stored) else None
 
-    def set_password(self, name: str, password: str | None) -> None:
-        """Replace the password of ``name`` (``None`` disables password login)."""
-        digest = None if password is None else hash_password(password)
+    def set_password(
+        self, name: str, password: str | None, *, min_password_length: int = MIN_PASSWORD_LENGTH
+    ) -> None:
+        """Replace the password of ``name`` (``None`` disables password login);
+        ``AccountError`` if it is shorter than ``min_password_length``."""
+        digest = None if password is None else _new_hash(password, min_password_length)
         with self._lock:
             cursor = self._db.execute(
                 "UPDATE accounts SET password_hash = ? WHERE name = ?", (digest, name)
@@ -165,6 +197,17 @@ def hash_password(password: str) -> str:
     )
 
 
+def check_new_password(password: str, min_length: int = MIN_PASSWORD_LENGTH) -> None:
+    """``AccountError`` naming the rule if ``password`` is too short or too long to set."""
+    if len(password) < min_length:
+        raise AccountError(
+            f"The password is too short: use at least {min_length} characters "
+            "([hub] min_password_length)."
+        )
+    if len(password) > _MAX_PASSWORD_CHARS:
+        raise AccountError(f"The password is longer than {_MAX_PASSWORD_CHARS} characters.")
+
+
 def check_password(password: str, stored: str) -> bool:
     """Whether ``password`` matches ``stored``, compared in constant time."""
     try:
@@ -176,10 +219,33 @@ def check_password(password: str, stored: str) -> bool:
     return scheme == "scrypt" and hmac.compare_digest(actual, expected)
 
 
+def _new_hash(password: str, min_length: int) -> str:
+    check_new_password(password, min_length)
+    return hash_password(password)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    # Same parameters as a real hash, so checking against it costs the same; its digest
+    # is random and never written down, so no password matches it.
+    salt, digest = secrets.token_bytes(_SALT_BYTES), secrets.token_bytes(_HASH_BYTES)
+    return "$".join(
+        ["scrypt", str(_SCRYPT_N), str(_SCRYPT_R), str(_SCRYPT_P), _b64(salt), _b64(digest)]
+    )
+
+
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     # maxmem: OpenSSL's default cap (32 MiB) is close to 128*N*r; leave headroom.
+    # surrogatepass: a lone surrogate (valid in JSON) hashes like any other input instead
+    # of failing early, which would answer faster; other strings encode as plain UTF-8.
     return hashlib.scrypt(
-        password.encode(), salt=salt, n=n, r=r, p=p, dklen=_HASH_BYTES, maxmem=64 * 1024 * 1024
+        password.encode("utf-8", "surrogatepass"),
+        salt=salt,
+        n=n,
+        r=r,
+        p=p,
+        dklen=_HASH_BYTES,
+        maxmem=64 * 1024 * 1024,
     )
 
 

@@ -29,6 +29,7 @@ from agent.hub.backplane import Backplane
 from agent.hub.connection import ASGISend
 from agent.hub.devices_api import DEFAULT_VIEWER_GROUPS, IceServerItem, add_device_routes
 from agent.hub.limits import LimitSettings
+from agent.hub.login import LoginGuard, LoginRefused, client_address
 from agent.hub.metrics import CONTENT_TYPE, HubMetrics
 from agent.hub.push_api import add_push_routes
 from agent.hub.realtime import ASGIReceive, RealtimeEndpoint
@@ -71,6 +72,7 @@ class HubServices:
     backplane: Backplane
     metrics: HubMetrics
     limits: LimitSettings
+    login_guard: LoginGuard
     static_dir: Path = STATIC_DIR
     login_ttl_seconds: int = LOGIN_TOKEN_TTL_SECONDS
     push: PushService | None = None
@@ -295,14 +297,29 @@ Authed = Annotated[Account, Depends(_current_account)]
 def _add_api_routes(app: FastAPI, services: HubServices) -> None:
     app.state.services = services
 
-    @app.post("/api/login", responses=_ERRORS, tags=["accounts"])
-    async def login(body: LoginRequest) -> LoginResponse:
-        """Exchange a name and password for a token."""
-        account = await asyncio.to_thread(
-            services.accounts.verify_password, body.name, body.password
-        )
-        if account is None:
-            raise AuthError("Wrong name or password.", reason="invalid")
+    @app.post(
+        "/api/login",
+        response_model=LoginResponse,
+        responses={
+            **_ERRORS,
+            429: {"model": ErrorBody, "description": "Too many failed logins; see Retry-After."},
+            503: {"model": ErrorBody, "description": "Too many logins at once; see Retry-After."},
+        },
+        tags=["accounts"],
+    )
+    async def login(body: LoginRequest, request: Request) -> LoginResponse | JSONResponse:
+        """Exchange a name and password for a token.
+
+        Failed logins are throttled per name and per client address (429); a wrong name and
+        a wrong password get the same 401.
+        """
+        address = client_address(request.client)
+        try:
+            account = await services.login_guard.verify(body.name, body.password, address)
+        except LoginRefused as exc:
+            refused = _error(exc.status, exc.code, exc.message)
+            refused.headers["Retry-After"] = str(exc.retry_after)
+            return refused
         token = services.tokens.issue(account, services.login_ttl_seconds)
         expires_at = services.tokens.verify(token).expires_at
         return LoginResponse(

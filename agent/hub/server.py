@@ -30,6 +30,7 @@ from agent.hub.accounts import ACCOUNTS_FILE, AccountStore
 from agent.hub.app import STATIC_DIR, HubApplication, HubServices
 from agent.hub.backplane import Backplane, MemoryBackplane
 from agent.hub.devices_api import IceServerItem
+from agent.hub.login import LoginGuard
 from agent.hub.metrics import HubMetrics
 from agent.hub.snapshots import SnapshotStore
 from agent.hub.tokens import TokenIssuer
@@ -71,6 +72,11 @@ class HubServer:
         self.tokens = TokenIssuer.from_state_dir(self.state_dir)
         self.backplane: Backplane = MemoryBackplane()
         self.metrics = HubMetrics()
+        self.login_guard = LoginGuard(
+            self.accounts,
+            kdf_threads=settings.hub.login.kdf_threads,
+            kdf_queue=settings.hub.login.kdf_queue,
+        )
         self.push = PushService.from_state_dir(
             self.state_dir, settings.push, accounts=self.accounts
         )
@@ -81,6 +87,7 @@ class HubServer:
                 backplane=self.backplane,
                 metrics=self.metrics,
                 limits=settings.hub.limits,
+                login_guard=self.login_guard,
                 static_dir=static_dir or STATIC_DIR,
                 push=self.push,
                 viewer_ice_servers=tuple(_ice_item(s) for s in settings.hub.ice_servers),
@@ -144,6 +151,7 @@ class HubServer:
             log.info("hub stopped")
         await self.backplane.close()
         await self.push.aclose()
+        self.login_guard.close()
         self.accounts.close()
 
     def _uvicorn_config(self) -> uvicorn.Config:
@@ -159,6 +167,10 @@ class HubServer:
             log_config=None,  # logging is the embedding program's
             access_log=False,
             server_header=False,
+            # Only these proxies may name the client (X-Forwarded-For): login throttling
+            # counts per client address. uvicorn's own default reads FORWARDED_ALLOW_IPS.
+            proxy_headers=bool(hub.trusted_proxies),
+            forwarded_allow_ips=list(hub.trusted_proxies),
             backlog=_BACKLOG,
             timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
             ssl_certfile=hub.tls_cert,

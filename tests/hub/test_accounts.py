@@ -9,12 +9,22 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import jwt
 import pytest
 
 from agent.errors import AccountError, AuthError, ConfigError
-from agent.hub.accounts import ACCOUNTS_FILE, AccountStore, Role, check_password, hash_password
+from agent.hub import accounts as accounts_module
+from agent.hub.accounts import (
+    ACCOUNTS_FILE,
+    MIN_PASSWORD_LENGTH,
+    AccountStore,
+    Role,
+    check_new_password,
+    check_password,
+    hash_password,
+)
 from agent.hub.tokens import SECRET_FILE, Claims, TokenIssuer
 from agent.statedir import read_or_create_secret, resolve_state_dir, write_secret
 
@@ -48,11 +58,64 @@ def test_passwords_verify_only_when_right(store: AccountStore) -> None:
     assert store.verify_password("alice", "wrong horse") is None
     assert store.verify_password("nobody", "correct horse") is None
     assert store.verify_password("alice", "x" * 5000) is None
-    store.set_password("alice", "new pass")
+    store.set_password("alice", "new passphrase")
     assert store.verify_password("alice", "correct horse") is None
-    assert store.verify_password("alice", "new pass") == alice
+    assert store.verify_password("alice", "new passphrase") == alice
     store.set_password("alice", None)
-    assert store.verify_password("alice", "new pass") is None
+    assert store.verify_password("alice", "new passphrase") is None
+
+
+def test_new_passwords_must_be_long_enough(store: AccountStore) -> None:
+    assert MIN_PASSWORD_LENGTH == 12
+    with pytest.raises(
+        AccountError, match=r"at least 12 characters \(\[hub\] min_password_length\)"
+    ):
+        store.add("alice", "x" * 11)
+    assert store.get_by_name("alice") is None  # nothing half-made
+    alice = store.add("alice", "x" * 12)
+    assert store.verify_password("alice", "x" * 12) == alice
+    with pytest.raises(AccountError, match="at least 20 characters"):
+        store.set_password("alice", "y" * 19, min_password_length=20)
+    assert store.verify_password("alice", "x" * 12) is not None  # unchanged
+    store.set_password("alice", "y" * 20, min_password_length=20)
+    assert store.verify_password("alice", "y" * 20) is not None
+    # The caller's minimum rules both ways; no password at all is a token-only account.
+    assert store.add("bob", "pin1", min_password_length=4).name == "bob"
+    assert store.add("cam", None, Role.DEVICE).name == "cam"
+    with pytest.raises(AccountError, match="longer than 1024"):
+        check_new_password("z" * 1025)
+    check_new_password("z" * 1024)
+
+
+@pytest.mark.parametrize(
+    ("name", "password"),
+    [
+        ("nobody", ""),  # unknown name, empty password: used to raise (a 500 on /api/login)
+        ("nobody", "a guess at it"),
+        ("alice", ""),
+        ("alice", "the wrong one"),
+        ("alice", "x" * 5000),
+        ("alice", "lone \ud800 surrogate"),
+        ("device", ""),  # no password: logs in with tokens only
+        ("device", "anything at all"),
+        ("", ""),
+    ],
+)
+def test_every_failed_check_is_none_after_exactly_one_full_scrypt(
+    store: AccountStore, name: str, password: str
+) -> None:
+    store.add("alice", "correct horse battery")
+    store.add("device", None, Role.DEVICE)
+    real = accounts_module._scrypt
+    with mock.patch.object(accounts_module, "_scrypt", autospec=True, side_effect=real) as spy:
+        assert store.verify_password(name, password) is None
+        assert store.verify_password("alice", "correct horse battery") is not None
+    # The same work for every miss, and as much as for the right password: the answer's
+    # timing does not tell which names exist.
+    assert spy.call_count == 2
+    miss, hit = spy.call_args_list
+    assert miss.args[2:] == hit.args[2:] == (16384, 8, 1)
+    assert len(miss.args[1]) == len(hit.args[1])  # a salt of the same size
 
 
 def test_password_hashes_are_salted_scrypt(store: AccountStore) -> None:
@@ -84,7 +147,7 @@ def test_duplicates_and_unknown_names_are_account_errors(store: AccountStore) ->
     with pytest.raises(AccountError, match='No account named "bob"'):
         store.remove("bob")
     with pytest.raises(AccountError, match='No account named "bob"'):
-        store.set_password("bob", "pw")
+        store.set_password("bob", "long enough password")
 
 
 def test_list_remove_and_persistence(tmp_path: Path) -> None:

@@ -18,9 +18,9 @@ from .conftest import Hub, HubFactory, join, make_settings, recv, send
 
 
 async def test_login_returns_a_token_that_the_api_and_the_websocket_accept(hub: Hub) -> None:
-    hub.server.accounts.add("alice", "s3cret-pass", Role.ADMIN)
+    hub.server.accounts.add("alice", "s3cret-pass1", Role.ADMIN)
     async with hub.http() as http:
-        response = await http.post("/api/login", json={"name": "alice", "password": "s3cret-pass"})
+        response = await http.post("/api/login", json={"name": "alice", "password": "s3cret-pass1"})
         assert response.status_code == 200
         body = response.json()
         assert set(body) == {"token", "user_id", "name", "role", "expires_at"}
@@ -36,7 +36,7 @@ async def test_login_returns_a_token_that_the_api_and_the_websocket_accept(hub: 
 async def test_a_bad_login_is_401_without_saying_which_part_was_wrong(
     hub: Hub, name: str, password: str
 ) -> None:
-    hub.server.accounts.add("alice", "right-pass")
+    hub.server.accounts.add("alice", "right-password")
     hub.server.accounts.add("device", None, Role.DEVICE)  # no password: cannot log in
     async with hub.http() as http:
         response = await http.post("/api/login", json={"name": name, "password": password})
