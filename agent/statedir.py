@@ -5,27 +5,46 @@ The directory comes from an explicit setting, else systemd's ``$STATE_DIRECTORY`
 ``$XDG_STATE_HOME/edge-agent`` (XDG Base Directory Specification), else
 ``~/.local/state/edge-agent``. Secret files are created with mode 0600 and written
 atomically, so a reader never sees half a key and no other user ever can.
+
+The directory itself is private (0700): a new one is created so, and an existing one open
+to group or others (a hand-made ``mkdir``, an umask of 022) is tightened with a warning,
+or refused with a :class:`~agent.errors.ConfigError` naming it when that cannot be done.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.errors import ConfigError
+
 __all__ = ["APP_DIR_NAME", "read_or_create_secret", "resolve_state_dir", "write_secret"]
+
+log = logging.getLogger(__name__)
 
 APP_DIR_NAME = "edge-agent"
 _DIR_MODE = 0o700
 _SECRET_MODE = 0o600
+_OPEN_TO_OTHERS = stat.S_IRWXG | stat.S_IRWXO
 
 
 def resolve_state_dir(explicit: Path | None = None) -> Path:
-    """The state directory to use; created with mode 0700 when it does not exist yet."""
+    """The state directory to use, private (0700): created so, or tightened to it.
+
+    Raises ``ConfigError`` naming the directory when it cannot be created, is not a
+    directory, or is open to other users and cannot be made private.
+    """
     path = _choose_state_dir(explicit)
-    path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the state directory {path}: {exc.strerror}") from exc
+    _make_private(path)
     return path
 
 
@@ -70,6 +89,43 @@ def _choose_state_dir(explicit: Path | None) -> Path:
     if xdg and Path(xdg).is_absolute():
         return Path(xdg) / APP_DIR_NAME
     return Path.home() / ".local" / "state" / APP_DIR_NAME
+
+
+def _make_private(path: Path) -> None:
+    """Tighten ``path`` to 0700 if group or others have any access; refuse if impossible."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the state directory {path}: {exc.strerror}") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"the state directory {path} is not a directory")
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & _OPEN_TO_OTHERS:
+        return
+    # Accounts, the token secret and the VAPID key live here: with group or other access,
+    # another local user could list, replace or (if a file mode slipped) read them.
+    try:
+        path.chmod(_DIR_MODE)
+        tightened = stat.S_IMODE(path.stat().st_mode)
+    except OSError as exc:
+        raise _not_private(path, mode, st.st_uid, exc.strerror) from exc
+    if tightened & _OPEN_TO_OTHERS:
+        # Some filesystems (FAT, some network mounts) accept chmod and keep their own modes.
+        raise _not_private(path, mode, st.st_uid, f"its filesystem keeps mode {tightened:04o}")
+    log.warning(
+        "state directory %s was open to other users (mode %04o); tightened to %04o",
+        path,
+        mode,
+        _DIR_MODE,
+    )
+
+
+def _not_private(path: Path, mode: int, owner: int, why: str | None) -> ConfigError:
+    return ConfigError(
+        f"the state directory {path} is open to other users (mode {mode:04o}, owner uid "
+        f"{owner}) and cannot be made private ({why}); run 'chmod 700 {path}' as its owner "
+        "or choose another state directory"
+    )
 
 
 def _write_temp(path: Path, data: bytes) -> Path:
