@@ -115,6 +115,7 @@ class HubLimits(_Section):
 
     max_frame_bytes: int = Field(default=65536, gt=0)
     max_content_bytes: int = Field(default=32768, gt=0)
+    max_json_depth: int = Field(default=32, ge=2, le=256)  # agent.protocol.MAX_JSON_DEPTH
     rate_burst: int = Field(default=100, gt=0)
     rate_per_second: float = Field(default=50.0, gt=0)
     max_errors: int = Field(default=20, gt=0)

@@ -17,22 +17,32 @@ accept encoded and plain JSON.
 
 Parsers never raise: they return a :class:`ProtocolError` naming what was wrong. Fields a
 frame carries that the hub does not use (``token``, ...) are ignored.
+
+Decoding is bounded as well as sized. Arrays and objects may nest at most
+``Limits.max_json_depth`` levels (the outer object counts as one), checked by a linear scan
+before the JSON parser runs, because that parser recurses once per level and a 2 KB frame
+of brackets would otherwise exhaust the interpreter's stack. ``NaN``, ``Infinity`` and
+numbers too large for a double (``1e999``) are refused: RFC 8259 s. 6 has no such values
+and a browser's ``JSON.parse`` rejects a frame carrying them, so forwarding one would break
+every member's client. Encoders refuse them too (``allow_nan=False``).
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 from urllib.parse import quote, unquote
 
-from agent.errors import Codes
+from agent.errors import Codes, RealtimeError
 
 __all__ = [
     "ACTIONS",
     "CID_PREFIX",
+    "MAX_JSON_DEPTH",
     "Broadcast",
     "ClientAction",
     "FrameKind",
@@ -67,6 +77,15 @@ _UUID_RE: Final = re.compile(
 )
 _SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
 _RTC_KEYS: Final = frozenset({"sdpoffer", "sdpanswer", "candidate", "pickup", "hungup"})
+# The deepest nesting any parser here accepts; a setting may lower it, never raise it. Well
+# below the interpreter's recursion limit (1000), which the JSON parser and encoder share
+# with whatever called them.
+MAX_JSON_DEPTH: Final = 256
+# Keep only the brackets of UTF-8 text (multi-byte sequences never hold ASCII bytes), every
+# opening one as "(" and every closing one as ")".
+_NOT_BRACKETS: Final = bytes(set(range(256)) - set(b"[]{}"))
+_AS_PARENS: Final = bytes.maketrans(b"[{]}", b"(())")
+_MAX_NUMBER_SHOWN: Final = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +97,11 @@ class Limits:
     max_group_chars: int = 128
     max_id_chars: int = 128
     max_notification_bytes: int = 3 * 1024
+    max_json_depth: int = 32
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_json_depth <= MAX_JSON_DEPTH:
+            raise ValueError(f"max_json_depth must be within 1..{MAX_JSON_DEPTH}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,12 +250,17 @@ def encode_hub_frame(frame: HubFrame) -> str:
     return encode_uri(_dumps(obj))
 
 
-def decode_frame_text(text: str) -> Any:
-    """Decode a frame sent as plain or percent-encoded JSON; raises ``ValueError``."""
+def decode_frame_text(text: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Decode a frame sent as plain or percent-encoded JSON; raises ``ValueError``.
+
+    Nesting deeper than ``max_depth``, ``NaN``, ``Infinity`` and numbers that overflow a
+    double are refused with a ``ValueError`` that is also a
+    :class:`~agent.errors.RealtimeError` (INVALID_REQUEST) whose message is the answer.
+    """
     stripped = text.lstrip()
     if not stripped.startswith(("{", "[")):
         stripped = unquote(stripped, errors="strict")
-    value = json.loads(stripped)
+    value = _loads(stripped, max_depth)
     # JSON may escape half of a UTF-16 surrogate pair ("\ud800"), which is no Unicode
     # text at all: refuse it here rather than fail later when the frame is re-encoded.
     if _SURROGATE_ESCAPE.search(stripped):
@@ -245,11 +274,14 @@ def decode_frame_text(text: str) -> Any:
 
 
 def parse_hub_frame(text: str) -> HubFrame | ProtocolError:
-    """Parse a hub frame (encoded or plain JSON) into a :class:`HubFrame`."""
-    try:
-        obj = decode_frame_text(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return ProtocolError(Codes.INVALID_REQUEST, f"Frame is not valid JSON: {exc}")
+    """Parse a hub frame (encoded or plain JSON) into a :class:`HubFrame`; never raises.
+
+    Nesting up to :data:`MAX_JSON_DEPTH` is accepted whatever the hub's own setting, so a
+    hub configured deeper than the default still reaches this client.
+    """
+    obj = _decode(text, MAX_JSON_DEPTH)
+    if isinstance(obj, ProtocolError):
+        return obj
     if not isinstance(obj, dict):
         return ProtocolError(Codes.INVALID_REQUEST, "Frame must be a JSON object.")
     for kind in FrameKind:
@@ -275,10 +307,9 @@ def encode_client_action(action: ClientAction) -> str:
 def parse_client_frame(text: str, limits: Limits | None = None) -> ClientAction | ProtocolError:
     """Parse and validate one client frame; never raises."""
     limits = limits or Limits()
-    try:
-        obj = decode_frame_text(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return ProtocolError(Codes.INVALID_REQUEST, f"Frame is not valid JSON: {exc}")
+    obj = _decode(text, limits.max_json_depth)
+    if isinstance(obj, ProtocolError):
+        return obj
     if not isinstance(obj, dict):
         return ProtocolError(Codes.INVALID_REQUEST, "Frame must be a JSON object.")
     action = obj.get("action")
@@ -292,6 +323,79 @@ def parse_client_frame(text: str, limits: Limits | None = None) -> ClientAction 
         return parser(obj, limits)
     except _Invalid as exc:
         return ProtocolError(exc.code, exc.message, action)
+
+
+class _Refused(RealtimeError, ValueError):
+    """JSON refused for what it holds (too deep, not finite); ``message`` is the answer."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Codes.INVALID_REQUEST, message)
+
+
+def _decode(text: str, max_depth: int) -> Any:
+    """The decoded frame, or the :class:`ProtocolError` that answers it."""
+    try:
+        return decode_frame_text(text, max_depth=max_depth)
+    except _Refused as exc:
+        return ProtocolError(exc.code, exc.message)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many int digits
+        return ProtocolError(Codes.INVALID_REQUEST, f"Frame is not valid JSON: {exc}")
+
+
+def _loads(text: str, max_depth: int) -> Any:
+    if _nesting_depth(text, max_depth) > max_depth:
+        raise _Refused(
+            f"Frame nests arrays and objects more than {max_depth} levels deep; "
+            f"the limit is {max_depth}."
+        )
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:  # only if the caller's own stack was already deep
+        raise _Refused("Frame nests arrays and objects too deeply to decode.") from None
+
+
+def _nesting_depth(text: str, limit: int) -> int:
+    """How deep brackets outside strings nest; ``limit + 1`` stands for anything deeper.
+
+    Linear, without recursion, and in C-speed passes. Escaped backslashes and then escaped
+    quotes are dropped, so every quote left opens or closes a string and every other piece
+    between quotes is outside strings (an unterminated string runs to the end, as for the
+    parser). Then each pass deletes every innermost bracket pair, so the passes needed to
+    empty the brackets are the depth. For unbalanced text (no valid JSON anyway) the result
+    is an upper bound: passes plus the opening brackets never closed, each of which the
+    parser would still descend into before it fails.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return 0  # the common case: too few brackets to matter, no scan needed
+    plain = text.encode("utf-8", "surrogatepass").replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(plain.split(b'"')[::2])
+    parens = outside.translate(_AS_PARENS, _NOT_BRACKETS)
+    depth = 0
+    while parens and depth <= limit:
+        inner_removed = parens.replace(b"()", b"")
+        if len(inner_removed) == len(parens):
+            return depth + parens.count(b"(")
+        parens = inner_removed
+        depth += 1
+    return depth
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python's parser accepts these non-standard literals; RFC 8259 s. 6 does not.
+    raise _Refused(
+        f"Frame contains {name}, which JSON does not allow; send a finite number or a string."
+    )
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if math.isinf(value):
+        shown = literal[:_MAX_NUMBER_SHOWN] + ("..." if len(literal) > _MAX_NUMBER_SHOWN else "")
+        raise _Refused(
+            f"Frame contains the number {shown}, beyond the range of a double (it would be "
+            "Infinity); send a smaller number or a string."
+        )
+    return value
 
 
 class _Invalid(Exception):
@@ -398,8 +502,8 @@ def _notification(obj: dict[str, Any], limits: Limits) -> Notification | None:
         return None
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw)
-        except ValueError:
+            raw = _loads(raw, limits.max_json_depth)
+        except ValueError:  # not JSON (or JSON we refuse): the text is the body
             raw = {"title": "", "body": raw}
     if not isinstance(raw, dict) or not isinstance(raw.get("title", ""), str):
         raise _Invalid(Codes.INVALID_PARAMETER, '"notification" must be {title, body}.')
@@ -442,4 +546,5 @@ def _opt_str(value: Any) -> str | None:
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    # allow_nan=False: a NaN or Infinity must fail here rather than reach a peer's JSON.parse.
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)

@@ -315,3 +315,112 @@ def test_is_user_id_and_scid_of() -> None:
     assert scid_of("cid:x") == "x"
     assert scid_of("scid:x") == "x"
     assert scid_of("x") == "x"
+
+
+# --- depth and non-finite numbers ---------------------------------------------------------------
+
+
+def _broadcast(content_json: str) -> str:
+    return '{"action":"broadcast","rid":"g","content":' + content_json + "}"
+
+
+def test_nesting_up_to_the_limit_is_accepted_and_one_more_is_refused() -> None:
+    # The frame object is level 1, so content may nest 31 more.
+    assert parse_client_frame(_broadcast("[" * 31 + "]" * 31)) == Broadcast(
+        "g", json.loads("[" * 31 + "]" * 31)
+    )
+    err = _err(parse_client_frame(_broadcast("[" * 32 + "]" * 32)))
+    assert (err.code, err.message) == (
+        Codes.INVALID_REQUEST,
+        "Frame nests arrays and objects more than 32 levels deep; the limit is 32.",
+    )
+
+
+def test_objects_count_like_arrays_and_brackets_inside_strings_do_not() -> None:
+    deep_objects = '{"a":' * 40 + "1" + "}" * 40
+    assert "more than 32 levels" in _err(parse_client_frame(_broadcast(deep_objects))).message
+    many_brackets = json.dumps(["[[[{{{" * 50, '\\"]]]'])
+    assert parse_client_frame(_broadcast(many_brackets)) == Broadcast(
+        "g", json.loads(many_brackets)
+    )
+
+
+@pytest.mark.parametrize("text", ["]", "]}", '\\"]', "\\", '\\\\\\"]]', "\\]"])
+def test_brackets_hidden_in_strings_cannot_smuggle_depth(text: str) -> None:
+    # Each level carries a string of closing brackets (and escapes) that must not count.
+    content = "[" + json.dumps(text) + ","
+    deep = content * 40 + "1" + "]" * 40
+    assert json.loads(deep)  # valid JSON, 40 levels
+    assert "more than 32 levels" in _err(parse_client_frame(_broadcast(deep))).message
+    shallow = content * 31 + "1" + "]" * 31
+    assert isinstance(parse_client_frame(_broadcast(shallow)), Broadcast)
+
+
+def test_the_depth_limit_follows_limits_and_applies_to_encoded_frames() -> None:
+    limits = Limits(max_json_depth=3)
+    assert isinstance(parse_client_frame(_broadcast("[[1]]"), limits), Broadcast)
+    err = _err(parse_client_frame(encode_uri(_broadcast("[[[1]]]")), limits))
+    assert err.message == "Frame nests arrays and objects more than 3 levels deep; the limit is 3."
+
+
+def test_a_deep_unclosed_frame_is_refused_before_parsing() -> None:
+    assert "levels deep" in _err(parse_client_frame("[" * 100_000)).message
+    assert "levels deep" in _err(parse_hub_frame('{"#message":' + "[" * 5000)).message
+
+
+def test_hub_frames_may_nest_up_to_the_ceiling_whatever_the_default() -> None:
+    inner = "[" * 255 + "]" * 255
+    frame = parse_hub_frame('{"#message":' + inner + "}")
+    assert isinstance(frame, HubFrame)
+    assert "more than 256 levels" in _err(parse_hub_frame('{"#message":[' + inner + "]}")).message
+
+
+_NOT_JSON = "which JSON does not allow; send a finite number or a string."
+_TOO_BIG = "beyond the range of a double (it would be Infinity); send a smaller number or a string."
+
+
+@pytest.mark.parametrize(
+    ("literal", "message"),
+    [
+        ("NaN", f"Frame contains NaN, {_NOT_JSON}"),
+        ("Infinity", f"Frame contains Infinity, {_NOT_JSON}"),
+        ("-Infinity", f"Frame contains -Infinity, {_NOT_JSON}"),
+        ("1e999", f"Frame contains the number 1e999, {_TOO_BIG}"),
+        ("-1E400", f"Frame contains the number -1E400, {_TOO_BIG}"),
+        ("1" * 40 + "e999", f"Frame contains the number {'1' * 32}..., {_TOO_BIG}"),
+    ],
+)
+def test_nan_and_infinity_are_refused_naming_the_value(literal: str, message: str) -> None:
+    err = _err(parse_client_frame(_broadcast(f'{{"x":[1,{literal}]}}')))
+    assert (err.code, err.message) == (Codes.INVALID_REQUEST, message)
+    assert _err(parse_hub_frame(f'{{"#message":{literal}}}')).message == message
+    with pytest.raises(ValueError, match=r"JSON does not allow|range of a double"):
+        decode_frame_text(f"[{literal}]")
+
+
+def test_nan_in_a_field_the_hub_ignores_is_refused_too() -> None:
+    err = _err(parse_client_frame('{"action":"keepAlive","token":NaN}'))
+    assert "NaN" in err.message
+
+
+def test_large_finite_numbers_and_huge_integers() -> None:
+    assert parse_client_frame(_broadcast("[1e308,-1e308,1e-999]")) == Broadcast(
+        "g", [1e308, -1e308, 0.0]
+    )
+    err = _err(parse_client_frame(_broadcast("1" * 5000)))
+    assert err.message.startswith("Frame is not valid JSON: Exceeds the limit (4300 digits)")
+
+
+def test_a_notification_string_that_is_deep_or_not_finite_is_plain_text() -> None:
+    for text in ["[" * 2000, '{"title": NaN, "body": "b"}']:
+        frame = {"action": "broadcast", "rid": "g", "content": 1, "notification": text}
+        result = parse_client_frame(json.dumps(frame))
+        assert result == Broadcast("g", 1, Notification("", text))
+
+
+def test_encoders_never_emit_nan_or_infinity() -> None:
+    for value in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match="Out of range float values"):
+            encode_hub_frame(HubFrame(FrameKind.MESSAGE, [value]))
+        with pytest.raises(ValueError, match="Out of range float values"):
+            encode_client_action(Broadcast("g", {"x": value}))

@@ -28,6 +28,10 @@ class LimitSettings(Protocol):
         """A bigger message content is refused with ``#error``."""
 
     @property
+    def max_json_depth(self) -> int:
+        """Arrays and objects nested deeper in a frame are refused with ``#error``."""
+
+    @property
     def rate_burst(self) -> int:
         """Frames a connection may send at once."""
 

@@ -103,7 +103,9 @@ class RealtimeEndpoint:
         self._limits = limits
         self._metrics = metrics
         self._protocol_limits = Limits(
-            max_frame_bytes=limits.max_frame_bytes, max_content_bytes=limits.max_content_bytes
+            max_frame_bytes=limits.max_frame_bytes,
+            max_content_bytes=limits.max_content_bytes,
+            max_json_depth=limits.max_json_depth,
         )
 
     async def __call__(
@@ -204,7 +206,12 @@ class RealtimeEndpoint:
             await self._handle_text(conn, text)
 
     async def _handle_text(self, conn: Connection, text: str) -> None:
-        action = parse_client_frame(text, self._protocol_limits)
+        try:
+            action = parse_client_frame(text, self._protocol_limits)
+        except Exception:  # a parser bug must cost one #error, not the connection
+            log.debug("connection %s: could not decode a frame", conn.scid, exc_info=True)
+            conn.error(Codes.INVALID_REQUEST, "could not decode the frame")
+            return
         if isinstance(action, ProtocolError):
             conn.error(action.code, action.message)
         else:
