@@ -134,10 +134,12 @@ class HubServer:
         self._server, self._socket = server, sock
         self.port = sock.getsockname()[1]
         self._main = asyncio.create_task(server.main_loop(), name="hub-main-loop")
+        # Push deliveries a previous run left queued go out now, not at the first send.
+        await self.push.start()
         log.info("hub listening on %s (state in %s)", self.http_url, self.state_dir)
 
     async def stop(self) -> None:
-        """Close every connection (1012), stop listening, close the accounts store.
+        """Close every connection (1012), stop listening, stop push, close the stores.
 
         Safe after a failed :meth:`start` and when called twice; a stopped hub is not
         started again (make a new ``HubServer``).

@@ -1,20 +1,29 @@
-"""Web push on the hub: VAPID keys, subscriptions, and sending with retries.
+"""Web push on the hub: VAPID keys, subscriptions, and a durable queue of deliveries.
 
 :class:`PushService` is what the hub's HTTP routes (``agent/hub/push_api.py``) and its
 realtime path call:
 
 - ``subscribe``/``unsubscribe`` store or delete a browser subscription of the caller;
-- ``send`` checks a ``/api/push/send`` request (size, who may push to whom), drops an alert
-  id it has already accepted (an agent's resend after a lost answer), and hands one
-  delivery per subscription to a background task: the caller's answer does not wait for
-  push services;
+- ``send`` checks a ``/api/push/send`` request (size, who may push to whom) and commits one
+  delivery per subscription to the queue (:mod:`agent.push.queue`) in the same transaction
+  as the alert's id, before the caller gets its answer: an accepted alert is on disk, and a
+  resent one (an agent whose answer was lost) is acknowledged without being queued again;
 - ``notify_users`` is the realtime path's hook: the ``notification`` of a message reaches a
   recipient who is not connected, or every recipient with ``config.always``.
 
-A delivery follows :mod:`agent.push.policy`: 2xx done; 404/410 remove the subscription;
-413 logged as our bug; 429 waits ``Retry-After``; 5xx and no answer back off
-(:func:`agent.retry.backoff`); all within ``max_attempts`` and the message's TTL, each
-retry sent with the TTL that is left. Sends are bounded by ``max_concurrent``.
+One worker task (``start``) claims due rows and sends them, at most ``max_concurrent`` at
+once and one at a time per subscription, following :mod:`agent.push.policy`: 2xx done;
+404/410 remove the subscription and its queued rows; 400/403/413 and other refusals drop
+the message; 429 and 503 wait what ``Retry-After`` says; 5xx and no answer back off with
+full jitter up to ``retry_cap_seconds``. A delivery is retried until one of those ends it
+or its TTL runs out (each retry is sent with the TTL that is left; ``max_attempts``, when
+set, also ends it). Rows left by a stopped or crashed hub are sent again within a second
+of the next start.
+
+What can arrive twice: a message the push service accepted (201) when the hub died before
+deleting its row is sent again after the restart (the window is one SQLite commit). The
+viewer's service worker tags notifications with the alert id, so the phone shows it once.
+
 Nothing blocks the event loop: SQLite runs in threads, HTTP on the injected session.
 """
 
@@ -23,24 +32,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
+import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 import aiohttp
 
-from agent import retry
 from agent.errors import Codes, RealtimeError
 from agent.protocol import Notification
 from agent.push.message import PushMessage, message_from_notification, parse_send_request
 from agent.push.metrics import PushMetrics
-from agent.push.policy import PushOutcome, classify_push_status, retry_after_seconds
+from agent.push.policy import PushOutcome, classify_push_status, next_attempt_delay
+from agent.push.queue import Delivery, QueueFullError, QueueStats, SqliteDeliveryQueue
 from agent.push.recipients import AccountLike, resolve_recipients
 from agent.push.sender import PushResponse, PushSender, WebPushSender, make_session
 from agent.push.settings import PushSettings
-from agent.push.store import PUSH_DB_FILE, StoredSubscription, SubscriptionStore
+from agent.push.store import PUSH_DB_FILE, SubscriptionStore
 from agent.push.subscriptions import Subscription, check_endpoint, parse_subscription
 from agent.push.vapid import VapidKeys, VapidSigner
 
@@ -48,10 +57,16 @@ __all__ = ["AccountDirectory", "IsConnected", "PushService"]
 
 log = logging.getLogger(__name__)
 
-# Deliveries waiting or in flight; beyond this a send is refused (RATE_LIMITED).
-_MAX_PENDING: Final = 10_000
-# On stop, deliveries in flight get this long before they are cancelled.
+# On stop, deliveries in flight get this long to record their outcome before they are
+# cancelled (a cancelled one is sent again by the next start).
 _CLOSE_GRACE_SECONDS: Final = 2.0
+# A row never tried yet is still sent this long after its TTL ran out (with TTL 0): a
+# message with a TTL of 0 means "now or never", and its first try is "now".
+_FIRST_TRY_GRACE_SECONDS: Final = 10.0
+# The worker looks at the queue at least this often, whatever it expects.
+_MAX_IDLE_SECONDS: Final = 30.0
+# After an unexpected failure of the worker's own loop (a full disk), before trying again.
+_WORKER_PAUSE_SECONDS: Final = 1.0
 
 IsConnected = Callable[[str], Awaitable[bool]]
 
@@ -76,17 +91,26 @@ class PushService:
         accounts: AccountDirectory,
         session: aiohttp.ClientSession | None = None,
         sender: PushSender | None = None,
+        clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self.settings = settings
         self.keys = keys
         self.store = store
+        self.queue = SqliteDeliveryQueue(store)
         self.metrics = PushMetrics()
         self._accounts = accounts
         self._signer = VapidSigner(keys, settings.subject)
         self._session = session  # injected: its owner closes it
         self._own_session: aiohttp.ClientSession | None = None
         self._sender = sender
-        self._slots = asyncio.Semaphore(settings.max_concurrent)
+        self._clock = clock
+        self._jitter = jitter
+        self._lease_seconds = 2 * settings.timeout_seconds + 10
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._attempts: set[asyncio.Task[None]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @classmethod
@@ -114,8 +138,47 @@ class PushService:
 
     @property
     def pending(self) -> int:
-        """Deliveries waiting or in flight."""
-        return len(self._tasks)
+        """Deliveries on disk, waiting or in flight."""
+        return self.metrics.queue_depth
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start sending: rows left by an earlier run first, at once."""
+        if self._worker is None:
+            await asyncio.to_thread(self.queue.release_leases)
+            self._worker = asyncio.get_running_loop().create_task(self._work(), name="push-queue")
+
+    async def drain(self) -> None:
+        """Wait until the queue is empty (everything delivered, dropped or expired)."""
+        while True:
+            self._changed.clear()
+            stats = await asyncio.to_thread(self.queue.stats)
+            self._set_stats(stats)
+            if stats.depth == 0 and not self._attempts and not self._tasks:
+                return
+            await self._changed.wait()
+
+    async def aclose(self) -> None:
+        """Stop the worker, let attempts in flight finish briefly, close what is ours.
+
+        What is still queued stays on disk for the next start.
+        """
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+        busy = self._attempts | self._tasks
+        if busy:
+            _done, pending = await asyncio.wait(busy, timeout=_CLOSE_GRACE_SECONDS)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        session, self._own_session = self._own_session, None
+        if session is not None:
+            await session.close()
+        self._sender = None
+        self.store.close()
 
     # -- subscriptions -------------------------------------------------------------------------
 
@@ -140,11 +203,11 @@ class PushService:
     # -- sending -------------------------------------------------------------------------------
 
     async def send(self, caller: AccountLike, body: Any) -> int:
-        """Check and accept a send request; how many deliveries it started.
+        """Check a send request and commit its deliveries; how many were queued.
 
         Raises:
             RealtimeError: INVALID_PARAMETER (bad or over 3 KB), FORBIDDEN (may not push to
-                them), RATE_LIMITED (too many deliveries pending).
+                them), RATE_LIMITED (the queue is full).
         """
         request = parse_send_request(body, default_ttl=self.settings.default_ttl_seconds)
         accounts = await asyncio.to_thread(self._accounts.list)
@@ -160,15 +223,17 @@ class PushService:
             log.info(
                 "push from %s names no account: %s", caller.name, ", ".join(resolution.unknown)
             )
-        alert_id = request.alert_id
-        if alert_id is not None and not await self._first_time(caller, alert_id):
+        alert = None if request.alert_id is None else (caller.user_id, request.alert_id)
+        queued = await self._enqueue(resolution.user_ids, request.message, alert)
+        if queued is None:
+            self.metrics.deduplicated += 1
+            log.info(
+                "alert %s from %s was accepted before; not sent again",
+                request.alert_id,
+                caller.name,
+            )
             return 0
-        try:
-            return await self._fan_out(resolution.user_ids, request.message)
-        except Exception:
-            if alert_id is not None:  # not handed on: the resend must not be dropped
-                await asyncio.to_thread(self.store.forget_alert, caller.user_id, alert_id)
-            raise
+        return queued
 
     def notify_users(
         self,
@@ -181,43 +246,12 @@ class PushService:
 
         With ``notification.always`` (the reference's ``config.always``), or without an
         ``is_connected`` check, every recipient gets it. Returns at once; the task's result
-        is the number of deliveries started.
+        is the number of deliveries queued.
         """
         users = list(dict.fromkeys(user_ids))
         return self._spawn(self._notify(users, notification, is_connected), "push-notify")
 
-    async def drain(self) -> None:
-        """Wait until every delivery started so far has finished."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-    async def aclose(self) -> None:
-        """Let deliveries in flight finish briefly, cancel the rest, close what is ours."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_CLOSE_GRACE_SECONDS):
-                await self.drain()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        session, self._own_session = self._own_session, None
-        if session is not None:
-            await session.close()
-        self._sender = None
-        self.store.close()
-
-    # -- internals -----------------------------------------------------------------------------
-
-    async def _first_time(self, caller: AccountLike, alert_id: str) -> bool:
-        first = await asyncio.to_thread(
-            self.store.remember_alert,
-            caller.user_id,
-            alert_id,
-            keep_seconds=self.settings.dedup_seconds,
-        )
-        if not first:
-            self.metrics.deduplicated += 1
-            log.info("alert %s from %s was accepted before; not sent again", alert_id, caller.name)
-        return first
+    # -- internals: accepting ------------------------------------------------------------------
 
     async def _notify(
         self, users: list[str], note: Notification, is_connected: IsConnected | None
@@ -228,108 +262,188 @@ class PushService:
         if not users:
             return 0
         try:
-            return await self._fan_out(users, message)
+            return await self._enqueue(users, message, None) or 0
         except RealtimeError as exc:
             log.warning("realtime notification not pushed: %s", exc.message)
             return 0
 
-    async def _fan_out(self, user_ids: Iterable[str], message: PushMessage) -> int:
+    async def _enqueue(
+        self, user_ids: Iterable[str], message: PushMessage, alert: tuple[str, str] | None
+    ) -> int | None:
         subs = await asyncio.to_thread(self.store.for_users, user_ids)
-        if len(self._tasks) + len(subs) > _MAX_PENDING:
+        try:
+            queued = await asyncio.to_thread(
+                self.queue.accept,
+                subs,
+                message,
+                now=self._clock(),
+                alert=alert,
+                keep_seconds=self.settings.dedup_seconds,
+                max_rows=self.settings.max_queued,
+            )
+        except QueueFullError:
             self.metrics.dropped += len(subs)
             raise RealtimeError(
                 Codes.RATE_LIMITED, "Too many push deliveries are pending; try again later."
-            )
-        for stored in subs:
-            self._spawn(self._deliver(stored, message), "push-delivery")
-        return len(subs)
+            ) from None
+        if queued:
+            self.metrics.queue_depth += queued
+            self._wake.set()
+        return queued
 
-    async def _deliver(self, stored: StoredSubscription, message: PushMessage) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + message.ttl
-        delays = self._delays()
-        for attempt in range(1, self.settings.max_attempts + 1):
-            ttl = max(0, math.floor(deadline - loop.time()))
-            response = await self._attempt(stored, message, ttl)
-            delay = await self._settle(stored, response, delays)
-            if delay is None:
-                return
-            if attempt == self.settings.max_attempts or loop.time() + delay > deadline:
-                break
-            self.metrics.retries += 1
-            await asyncio.sleep(delay)
-        self.metrics.given_up += 1
-        log.warning(
-            "push to %s given up: no success within %d attempt(s) and the TTL of %d s",
-            _who(stored),
-            self.settings.max_attempts,
-            message.ttl,
-        )
+    # -- internals: the worker -----------------------------------------------------------------
 
-    async def _attempt(
-        self, stored: StoredSubscription, message: PushMessage, ttl: int
-    ) -> PushResponse | None:
-        async with self._slots:
+    async def _work(self) -> None:
+        while True:
             try:
-                return await self._get_sender().send(stored.subscription, message, ttl=ttl)
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                # Never str() the error: some carry the endpoint, a capability URL.
-                log.info("push to %s got no answer (%s)", _who(stored), type(exc).__name__)
-                return None
+                wait = await self._poll()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database failed (a full disk): say so, try again soon
+                log.exception("push queue: could not read the queue")
+                wait = _WORKER_PAUSE_SECONDS
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
-    async def _settle(
-        self, stored: StoredSubscription, response: PushResponse | None, delays: Iterator[float]
-    ) -> float | None:
-        """Act on an answer; the delay before a retry, or ``None`` when this delivery is over."""
+    async def _poll(self) -> float | None:
+        """Claim and start what is due; how long to wait before looking again."""
+        self._wake.clear()  # before reading: a send or a finished attempt from now on wakes
+        free = self.settings.max_concurrent - len(self._attempts)
+        now = self._clock()
+        claimed, next_due, stats = await asyncio.to_thread(self._read_queue, now, free)
+        self._set_stats(stats)
+        for delivery in claimed:
+            task = asyncio.get_running_loop().create_task(
+                self._attempt(delivery), name="push-delivery"
+            )
+            self._attempts.add(task)
+            task.add_done_callback(self._attempt_done)
+        if len(claimed) == free:
+            return None  # every slot is busy: a finished attempt wakes the worker
+        if next_due is None:
+            return _MAX_IDLE_SECONDS  # empty: a send wakes the worker
+        return min(_MAX_IDLE_SECONDS, max(0.0, next_due - self._clock()))
+
+    def _read_queue(self, now: float, free: int) -> tuple[list[Delivery], float | None, QueueStats]:
+        # One thread hop for the three reads of a round.
+        claimed = self.queue.claim(now, free, lease_seconds=self._lease_seconds) if free > 0 else []
+        return claimed, self.queue.next_due(), self.queue.stats()
+
+    def _attempt_done(self, task: asyncio.Task[None]) -> None:
+        self._attempts.discard(task)
+        self._wake.set()
+        self._changed.set()
+
+    async def _attempt(self, delivery: Delivery) -> None:
+        try:
+            now = self._clock()
+            if self._expired(delivery, now):
+                await self._give_up(delivery, "its TTL ran out")
+                return
+            response = await self._post(delivery, delivery.ttl_left(now))
+            await self._settle(delivery, response)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug in one delivery must not go unseen, nor stop the others
+            log.exception("push to %s failed", _who(delivery))
+
+    def _expired(self, delivery: Delivery, now: float) -> bool:
+        if delivery.attempts == 0:
+            return now >= delivery.expires_at + _FIRST_TRY_GRACE_SECONDS
+        return now >= delivery.expires_at
+
+    async def _post(self, delivery: Delivery, ttl: int) -> PushResponse | None:
+        try:
+            return await self._get_sender().send(delivery.subscription, delivery.message, ttl=ttl)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            # Never str() the error: some carry the endpoint, a capability URL.
+            log.info("push to %s got no answer (%s)", _who(delivery), type(exc).__name__)
+            return None
+
+    async def _settle(self, delivery: Delivery, response: PushResponse | None) -> None:
+        """Record what the push service's answer means for this row."""
         status = None if response is None else response.status
         outcome = classify_push_status(status)
         if outcome is PushOutcome.DELIVERED:
-            self.metrics.sent += 1
-            return None
+            await asyncio.to_thread(self.queue.delivered, delivery.id)
+            self.metrics.sent += 1  # after the commit: "sent" rows are off the disk
+            return
         self.metrics.failed[str(status) if status is not None else "error"] += 1
-        if outcome is PushOutcome.RATE_LIMITED:
-            retry_after = response.retry_after if response is not None else None
-            wait = retry_after_seconds(retry_after, now=time.time())
-            delay = next(delays) if wait is None else wait
-            log.info(
-                "push service of %s asks to slow down; retrying in %.1f s", _who(stored), delay
-            )
-            return delay
-        if outcome is PushOutcome.RETRY:
-            return next(delays)
-        await self._finish(stored, outcome, response)
-        return None
+        if outcome in (PushOutcome.RETRY, PushOutcome.RATE_LIMITED):
+            await self._retry(delivery, status, response)
+        elif outcome is PushOutcome.GONE:
+            await self._gone(delivery, status)
+        else:
+            await self._refused(delivery, outcome, response)
 
-    async def _finish(
-        self, stored: StoredSubscription, outcome: PushOutcome, response: PushResponse | None
+    async def _retry(
+        self, delivery: Delivery, status: int | None, response: PushResponse | None
+    ) -> None:
+        settings, now = self.settings, self._clock()
+        delay = next_attempt_delay(
+            status,
+            attempts=delivery.attempts,
+            retry_after=response.retry_after if response is not None else None,
+            now=now,
+            initial=settings.retry_initial_seconds,
+            cap=settings.retry_cap_seconds,
+            jitter=self._jitter,
+        )
+        tried = delivery.attempts + 1
+        if settings.max_attempts is not None and tried >= settings.max_attempts:
+            await self._give_up(delivery, f"no success in {tried} attempt(s)")
+            return
+        if now + delay >= delivery.expires_at:
+            await self._give_up(delivery, f"its TTL of {delivery.message.ttl} s runs out first")
+            return
+        await asyncio.to_thread(self.queue.retry_at, delivery.id, now + delay)
+        self.metrics.retries += 1
+        log.info(
+            "push to %s: %s; retrying in %.1f s",
+            _who(delivery),
+            "no answer" if status is None else f"the service answered {status}",
+            delay,
+        )
+
+    async def _gone(self, delivery: Delivery, status: int | None) -> None:
+        sub = delivery.subscription
+        dropped = await asyncio.to_thread(self.queue.drop_endpoint, sub.endpoint, p256dh=sub.p256dh)
+        self.metrics.removed += 1
+        log.info(
+            "push subscription at %s removed with %d queued message(s): the service answered %s",
+            _who(delivery),
+            dropped,
+            status,
+        )
+
+    async def _refused(
+        self, delivery: Delivery, outcome: PushOutcome, response: PushResponse | None
     ) -> None:
         status = response.status if response is not None else None
         detail = response.detail[:200] if response is not None else ""
-        if outcome is PushOutcome.GONE:
-            sub = stored.subscription
-            await asyncio.to_thread(self.store.remove_endpoint, sub.endpoint, p256dh=sub.p256dh)
-            self.metrics.removed += 1
-            log.info(
-                "push subscription at %s removed: the service answered %s", _who(stored), status
-            )
-            return
-        self.metrics.given_up += 1
         if outcome is PushOutcome.TOO_LARGE:
             log.error(
                 "push service of %s refused a message as too large (413): a bug, the 3 KB "
                 "cap should prevent this: %s",
-                _who(stored),
+                _who(delivery),
                 detail,
             )
         else:
             log.warning(
-                "push service of %s rejected a message (%s): %s", _who(stored), status, detail
+                "push service of %s rejected a message (%s): %s", _who(delivery), status, detail
             )
+        await asyncio.to_thread(self.queue.delivered, delivery.id)
+        self.metrics.given_up += 1
 
-    def _delays(self) -> Iterator[float]:
-        return retry.backoff(
-            self.settings.retry_initial_seconds, 2.0, self.settings.retry_cap_seconds
-        )
+    async def _give_up(self, delivery: Delivery, why: str) -> None:
+        await asyncio.to_thread(self.queue.delivered, delivery.id)
+        self.metrics.given_up += 1
+        log.warning("push to %s given up: %s", _who(delivery), why)
+
+    def _set_stats(self, stats: QueueStats) -> None:
+        self.metrics.queue_depth = stats.depth
+        self.metrics.oldest_created_at = stats.oldest_created_at
 
     def _get_sender(self) -> PushSender:
         if self._sender is None:
@@ -344,8 +458,12 @@ class PushService:
     def _spawn(self, work: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(_logged(work, name), name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        self._changed.set()
 
 
 async def _logged(work: Coroutine[Any, Any, Any], name: str) -> Any:
@@ -353,11 +471,11 @@ async def _logged(work: Coroutine[Any, Any, Any], name: str) -> Any:
         return await work
     except asyncio.CancelledError:
         raise
-    except Exception:  # a bug in one delivery must not go unseen, nor stop the others
+    except Exception:  # a bug in one task must not go unseen
         log.exception("%s failed", name)
         return 0
 
 
-def _who(stored: StoredSubscription) -> str:
+def _who(delivery: Delivery) -> str:
     # The origin and the user, never the endpoint: its path is a capability.
-    return f"{stored.subscription.origin} (user {stored.user_id})"
+    return f"{delivery.subscription.origin} (user {delivery.user_id})"

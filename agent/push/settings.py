@@ -8,8 +8,12 @@ In TOML::
     # Which accounts a device may alert: names, or "role:NAME"; "*" is every device.
     device_recipients = { "*" = ["role:admin", "role:user"], "gate" = ["alice"] }
 
+    retry_cap_seconds = 60                # longest wait between two attempts of a delivery
+    max_queued = 100000                   # deliveries on disk; beyond, sends are refused (429)
+
     [push.outbox]
     max_rows = 1000                       # the oldest pending alert is dropped beyond this
+    max_queued_posts = 1000               # event posts kept while the hub link is down
 
 The model is standalone so ``agent.config.Settings`` can hold it as ``push: PushSettings``.
 """
@@ -47,6 +51,8 @@ class OutboxSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_rows: int = Field(default=1000, gt=0, le=1_000_000)
+    # Event posts kept (on disk, in order) while the hub link is down; the oldest go first.
+    max_queued_posts: int = Field(default=1000, gt=0, le=1_000_000)
     # Retry delays of an alert the hub did not take: full jitter below a doubling ceiling.
     retry_initial_seconds: float = Field(default=1.0, gt=0)
     retry_cap_seconds: float = Field(default=60.0, gt=0)
@@ -69,10 +75,16 @@ class PushSettings(BaseModel):
     default_ttl_seconds: int = Field(default=86400, ge=0, le=MAX_TTL_SECONDS)
     # Seconds one request to a push service may take (connect, send, answer).
     timeout_seconds: float = Field(default=10.0, gt=0)
-    # Attempts per subscription for 429 and 5xx answers, all within the message's TTL.
-    max_attempts: int = Field(default=4, ge=1, le=20)
+    # Attempts per subscription before a delivery is given up; unset: until the push
+    # service takes it, refuses it for good, or the message's TTL runs out.
+    max_attempts: int | None = Field(default=None, ge=1)
+    # Waits between attempts: full jitter below a ceiling doubling from initial to cap,
+    # or what Retry-After asks on 429 and 503.
     retry_initial_seconds: float = Field(default=1.0, gt=0)
     retry_cap_seconds: float = Field(default=60.0, gt=0)
+    # Deliveries waiting on disk; a send that would go beyond is refused (429, retried
+    # by the agent's outbox).
+    max_queued: int = Field(default=100_000, ge=1)
     # Requests in flight to push services at once, across every recipient.
     max_concurrent: int = Field(default=32, ge=1, le=1024)
     max_subscriptions_per_user: int = Field(default=10, ge=1, le=1000)

@@ -1,6 +1,10 @@
 """The hub's push database: browser subscriptions and the alert ids it has seen.
 
-SQLite in the state directory (``push.db``, mode 0600). The methods are synchronous; async
+SQLite in the state directory (``push.db``, mode 0600, WAL with ``synchronous=FULL``: the
+hub answers an alert's sender only after its commit, and the sender then forgets the
+alert, so that commit must survive a power cut too). The queue of deliveries
+(:mod:`agent.push.queue`) lives in the same file and uses the same connection, so that an
+alert's id and its deliveries are committed together. The methods are synchronous; async
 callers wrap them in ``asyncio.to_thread``. Every change runs in one transaction that is
 rolled back whole when any statement fails, so a failed subscribe leaves nothing half done.
 
@@ -16,6 +20,7 @@ alert is kept for ``keep_seconds`` so the resend is acknowledged without notifyi
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -65,15 +70,19 @@ class SubscriptionStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        # NORMAL is durable against a crashed process (a power cut may forget the last
-        # commits: a subscribe to redo).
-        self._store = PrivateDatabase(path, synchronous="NORMAL")
+        # FULL: see the module docstring (NORMAL would lose the last commits to a power cut).
+        self._store = PrivateDatabase(path, synchronous="FULL")
         self._lock, self._db = self._store.lock, self._store.connection
         self._transaction = self._store.transaction
         with self._transaction():
             for statement in _SCHEMA:
                 self._db.execute(statement)
         self._inserts = 0
+
+    @property
+    def database(self) -> PrivateDatabase:
+        """The file and connection, shared with the delivery queue."""
+        return self._store
 
     def add(self, user_id: str, sub: Subscription, *, max_per_user: int) -> list[Subscription]:
         """Store ``sub`` for ``user_id`` (replacing the same endpoint); the evicted ones."""
@@ -134,14 +143,20 @@ class SubscriptionStore:
 
     def remember_alert(self, sender: str, alert_id: str, *, keep_seconds: float) -> bool:
         """Record an accepted alert id; ``False`` if ``sender`` sent it before (a resend)."""
+        with self._transaction() as db:
+            return self.remember_alert_in(db, sender, alert_id, keep_seconds=keep_seconds)
+
+    def remember_alert_in(
+        self, db: sqlite3.Connection, sender: str, alert_id: str, *, keep_seconds: float
+    ) -> bool:
+        """``remember_alert`` inside a transaction the caller holds (``database``)."""
         now = time.time()
-        with self._transaction():
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO alert_ids VALUES (?, ?, ?)", (sender, alert_id, now)
-            )
-            self._inserts += 1
-            if self._inserts % _PRUNE_EVERY == 0:
-                self._db.execute("DELETE FROM alert_ids WHERE seen_at < ?", (now - keep_seconds,))
+        cursor = db.execute(
+            "INSERT INTO alert_ids VALUES (?, ?, ?) ON CONFLICT DO NOTHING", (sender, alert_id, now)
+        )
+        self._inserts += 1
+        if self._inserts % _PRUNE_EVERY == 0:
+            db.execute("DELETE FROM alert_ids WHERE seen_at < ?", (now - keep_seconds,))
         return cursor.rowcount > 0
 
     def forget_alert(self, sender: str, alert_id: str) -> None:

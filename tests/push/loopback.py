@@ -142,6 +142,9 @@ class LoopbackPushService:
         self.received: list[Received] = []
         self.attempts: dict[str, list[float]] = defaultdict(list)
         self.problems: list[str] = []
+        # While set, every request is answered with this status, unchecked and unrecorded
+        # (a push service that is up but failing).
+        self.outage_status: int | None = None
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -163,6 +166,12 @@ class LoopbackPushService:
     def for_path(self, path: str) -> list[Received]:
         return [r for r in self.received if r.path == path]
 
+    async def wait_for_attempts(self, path: str, count: int, within: float = 20.0) -> list[float]:
+        """Wait until ``count`` requests to ``/path`` have arrived (answered or not)."""
+        async with asyncio.timeout(within), self._changed:
+            await self._changed.wait_for(lambda: len(self.attempts[path]) >= count)
+        return list(self.attempts[path])
+
     async def wait_for(self, count: int, within: float = 20.0) -> list[Received]:
         """Wait until ``count`` requests have been accepted in total."""
         async with asyncio.timeout(within), self._changed:
@@ -170,19 +179,24 @@ class LoopbackPushService:
         return list(self.received)
 
     async def start(self) -> None:
+        """Serve on a free port, or on the same port again after :meth:`stop` (an outage)."""
         app = web.Application()
         app.router.add_post("/{path:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.tls.cert, self.tls.key)
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context)
+        site = web.TCPSite(
+            self._runner, "127.0.0.1", self.port, ssl_context=context, reuse_address=True
+        )
         await site.start()
         self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        """Stop listening and drop open connections: senders get refused connections."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.Response:
         path = request.match_info["path"]
@@ -190,6 +204,8 @@ class LoopbackPushService:
         async with self._changed:
             self.attempts[path].append(time.monotonic())
             self._changed.notify_all()
+        if self.outage_status is not None:
+            return web.Response(status=self.outage_status)
         try:
             received = self._check(path, dict(request.headers), body)
         except Exception as exc:  # record and refuse; the test asserts there were none
