@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
 from agent.errors import Codes, RealtimeError
-from agent.protocol import CID_PREFIX, is_user_id
+from agent.protocol import CID_PREFIX, decode_frame_text, is_user_id
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -262,7 +262,8 @@ def _encode_key(key: Key) -> str:
 def _decode_key(text: str) -> Key:
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        value = json.loads(raw)
+        # Bounded like a frame: a key is one flat list, and deep nesting would recurse.
+        value = decode_frame_text(raw.decode(), max_depth=1)
     except (binascii.Error, ValueError) as exc:
         raise _invalid('"startKey" is invalid.') from exc
     if not isinstance(value, list) or not value:

@@ -13,6 +13,7 @@ property for 100,000+ frames.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, MutableMapping, Sequence
@@ -108,6 +109,20 @@ async def test_the_depth_limit_is_a_setting(hub_factory: HubFactory) -> None:
     assert (await recv(ws))["#error"] == (
         "Frame nests arrays and objects more than 4 levels deep; the limit is 4."
     )
+
+
+@pytest.mark.parametrize("path", ["/api/realtime/groups", "/api/realtime/users"])
+@pytest.mark.parametrize("key", [b"[" * 50_000, b"[[1]]", b"[NaN]", b"[1e999]"])
+async def test_a_hostile_start_key_is_a_clear_400(hub: Hub, path: str, key: bytes) -> None:
+    # The same bounded decoder reads the listings' paging keys (a key is one flat list).
+    admin = hub.user("root", role=Role.ADMIN)
+    body = {"startKey": base64.urlsafe_b64encode(key).decode()}
+    if path.endswith("users"):
+        body["group"] = GROUP
+    async with hub.http(admin) as http:
+        answer = await http.post(path, json=body)
+    assert answer.status_code == 400
+    assert answer.json() == {"code": Codes.INVALID_PARAMETER, "message": '"startKey" is invalid.'}
 
 
 # --- the realtime endpoint through ASGI callables ---------------------------------------------
