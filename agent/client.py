@@ -450,6 +450,7 @@ class RealtimeClient(PushMethods):
         """This client's calls (made on first use)."""
         if self._rtc is None:
             from agent.rtc.engine import RtcEngine
+            from agent.rtc.ice import HubIceServers
             from agent.rtc.peer import PeerFactory
 
             factory = self._rtc_factory
@@ -462,6 +463,8 @@ class RealtimeClient(PushMethods):
                 media_devices=self._media_devices,
                 on_incoming=self._ring,
                 on_closed=self._rtc_closed,
+                # Fresh TURN credentials from the hub for calls placed and answered.
+                ice_source=HubIceServers(self.get_ice_servers, factory.options).get,
             )
         return self._rtc
 
@@ -480,7 +483,9 @@ class RealtimeClient(PushMethods):
             cid: The connection to call, ``cid:...`` (a ``sender_cid``, or a
                 ``connection_id`` from :meth:`get_realtime_users`).
             ice: ICE servers: a URL, or a list of URLs or ``{urls, username, credential}``
-                (default: the factory's; never an implicit public server).
+                (default: the hub's, with fresh TURN credentials from ``/api/ice-servers``
+                reused for half their lifetime, then the factory's; never an implicit
+                public server).
             media: ``{"video": X, "audio": Y}`` with each ``True`` (this side's device),
                 a track, or ``False`` (receive only); a ``LocalMedia``; or None for data
                 channels only. See :mod:`agent.rtc.media`.
@@ -778,6 +783,22 @@ class RealtimeClient(PushMethods):
             raise RealtimeError(Codes.INVALID_REQUEST, Texts.NOT_OPEN) from exc
 
     # -- HTTP --------------------------------------------------------------------------------
+
+    async def get_ice_servers(self) -> dict[str, Any]:
+        """STUN and TURN servers for a call, TURN credentials minted now by the hub.
+
+        Returns:
+            ``{"iceServers": [{urls, username, credential}, ...], "ttl": SECONDS,
+            "iceTransportPolicy": "all" | "relay"}``.
+
+        Raises:
+            RealtimeError: UNAUTHORIZED for a refused token; NOT_FOUND from a hub that
+                does not hand out ICE servers.
+        """
+        payload = await self._request("GET", "/api/ice-servers")
+        if not isinstance(payload, dict) or not isinstance(payload.get("iceServers"), list):
+            raise RealtimeError(Codes.ERROR, "The hub's answer to /api/ice-servers has no list.")
+        return payload
 
     async def get_user(self, user_id: str) -> dict[str, Any]:
         """Name and role of an account (``{user_id, name, role}``); admins and devices only.

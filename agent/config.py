@@ -55,7 +55,13 @@ from agent.errors import ConfigError
 from agent.events.settings import EventRule, check_rules
 from agent.protocol import Limits, is_user_id
 from agent.push.settings import PushSettings
-from agent.rtc.settings import AudioSettings, CallsSettings, IceServerSettings, VideoSettings
+from agent.rtc.settings import (
+    AudioSettings,
+    CallsSettings,
+    IceServerSettings,
+    VideoSettings,
+    check_ice_url,
+)
 from agent.sensors.settings import SensorsSettings, SerialPortSettings, check_port_names
 
 __all__ = [
@@ -67,6 +73,7 @@ __all__ = [
     "HubLoginSettings",
     "HubSettings",
     "Settings",
+    "TurnSettings",
     "check_settings_file",
     "load_settings",
     "parse_duration",
@@ -84,6 +91,7 @@ _HTTP_SCHEMES: Final = ("http", "https")
 # Query parameters whose values are credentials (a hub URL may carry ?token=JWT).
 _SECRET_PARAM_RE: Final = re.compile(r"token|secret|password|passwd|key|auth", re.IGNORECASE)
 _MAX_SHOWN_INPUT: Final = 80
+_MIN_TURN_SECRET: Final = 16
 # The wire protocol refuses longer group names; refuse them here, where the typo is.
 _MAX_GROUP_CHARS: Final = Limits().max_group_chars
 
@@ -146,6 +154,53 @@ class HubLoginSettings(_Section):
     kdf_queue: int = Field(default=16, ge=0, le=10000)
 
 
+class TurnSettings(_Section):
+    """Short-lived TURN credentials for callers and devices ([hub.turn]).
+
+    The TURN REST API scheme (draft-uberti-behave-turn-rest-00) that coturn checks with
+    ``use-auth-secret``: the hub and the TURN server share ``secret`` (or the file
+    ``secret_file`` holds it; the hub makes one, mode 0600, if it is missing), and every
+    answer of ``GET /api/ice-servers`` carries a username and password good for ``ttl``.
+    """
+
+    urls: Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = (
+        Field(min_length=1)
+    )
+    secret: SecretStr | None = None
+    secret_file: OptionalUserPath = None
+    ttl: int = Field(default=3600, ge=60, le=7 * 86400)
+
+    @field_validator("urls")
+    @classmethod
+    def _turn_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            check_ice_url(url)
+            if not url.startswith("turn"):
+                raise ValueError(
+                    f"{url!r} is not a TURN URL: [hub.turn] urls are turn: or turns: "
+                    "(STUN servers go in [[hub.ice_servers]])"
+                )
+        return value
+
+    @field_validator("ttl", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < _MIN_TURN_SECRET:
+            raise ValueError(f"a TURN secret needs at least {_MIN_TURN_SECRET} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> TurnSettings:
+        if (self.secret is None) == (self.secret_file is None):
+            raise ValueError("[hub.turn] needs secret or secret_file (one of them)")
+        return self
+
+
 class HubSettings(_Section):
     """Where the hub listens and how it is reached ([hub])."""
 
@@ -159,6 +214,8 @@ class HubSettings(_Section):
     # its calls (a phone outside the LAN needs TURN; none by default, never a public one).
     viewer_groups: list[str] = Field(default_factory=lambda: ["devices"], min_length=1)
     ice_servers: list[IceServerSettings] = Field(default_factory=list)
+    # Short-lived TURN credentials minted per caller (GET /api/ice-servers); none by default.
+    turn: TurnSettings | None = None
     # Passwords set from now on (user add, password changes) are at least this long.
     min_password_length: int = Field(default=12, ge=1, le=1024)
     # Reverse proxies whose X-Forwarded-For names the client (addresses or networks): login

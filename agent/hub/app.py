@@ -35,6 +35,7 @@ from agent.hub.push_api import add_push_routes
 from agent.hub.realtime import ASGIReceive, RealtimeEndpoint
 from agent.hub.snapshots import SnapshotStore, add_snapshot_routes
 from agent.hub.tokens import TokenIssuer
+from agent.hub.turn import IceServerSource, add_ice_routes
 from agent.push.service import PushService
 
 __all__ = [
@@ -79,6 +80,7 @@ class HubServices:
     viewer_ice_servers: tuple[IceServerItem, ...] = ()
     viewer_groups: tuple[str, ...] = DEFAULT_VIEWER_GROUPS
     snapshots: SnapshotStore | None = None
+    ice: IceServerSource | None = None  # /api/ice-servers (default: the viewer's static list)
 
 
 class ErrorBody(BaseModel):
@@ -266,6 +268,11 @@ def create_app(services: HubServices) -> FastAPI:
         current_account=_current_account,
         ice_servers=services.viewer_ice_servers,
         groups=services.viewer_groups,
+    )
+    add_ice_routes(
+        app,
+        services.ice or IceServerSource(static=services.viewer_ice_servers),
+        current_account=_current_account,
     )
     if services.static_dir.is_dir():
         # Last, so that it only answers what no route above matched: the viewer at "/".

@@ -1,7 +1,8 @@
 """The viewer's routes: which devices the caller can call, and how calls connect.
 
     GET /api/devices        -> [{user_id, name, connection_ids: ["cid:..."], groups}]
-    GET /api/viewer/config  -> {iceServers: [{urls, username?, credential?}], groups}
+    GET /api/viewer/config  -> {iceServers: [{urls, username?, credential?}], groups,
+                                iceServersUrl, iceTransportPolicy}
 
 A device is an online account with the ``device`` role that shares a group with one of the
 caller's connections (the groups the viewer joined over ``/ws``). ``?group=NAME`` keeps
@@ -9,7 +10,9 @@ one of those groups only. The caller itself is never listed.
 
 ``/api/viewer/config`` tells the viewer which ICE servers to put in ``RTCPeerConnection``
 (none by default: a call on the local network needs no STUN, and a public STUN fallback
-costs seconds offline) and which groups to join to see devices.
+costs seconds offline), where to fetch fresh ones with short-lived TURN credentials before
+each call (``iceServersUrl``, :mod:`agent.hub.turn`), the transport policy to use, and
+which groups to join to see devices.
 
 Both routes take the app's own bearer-token dependency (passed in, so authentication lives
 in one place and this module does not import the app).
@@ -21,7 +24,7 @@ signatures at definition time, and they name the injected dependency, a local va
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 from fastapi import Depends, FastAPI, Query
 from pydantic import BaseModel, ConfigDict, Field
@@ -78,6 +81,12 @@ class ViewerConfig(BaseModel):
 
     ice_servers: list[IceServerItem] = Field(alias="iceServers")
     groups: list[str] = Field(description="Groups the viewer joins to see devices.")
+    ice_servers_url: str | None = Field(
+        None,
+        alias="iceServersUrl",
+        description="Where to get ICE servers with fresh TURN credentials before each call.",
+    )
+    ice_transport_policy: Literal["all", "relay"] = Field("all", alias="iceTransportPolicy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +115,13 @@ def add_device_routes(
     """
     if has_device_routes(app):
         return
-    config = ViewerConfig(iceServers=list(ice_servers), groups=list(groups))
+    ice = services.ice
+    config = ViewerConfig(
+        iceServers=list(ice_servers),
+        groups=list(groups),
+        iceServersUrl=ice.path if ice is not None else None,
+        iceTransportPolicy=ice.policy if ice is not None else "all",
+    )
 
     @app.get(DEVICES_PATH, tags=_TAGS)
     async def devices(

@@ -34,6 +34,7 @@ from agent.hub.login import LoginGuard
 from agent.hub.metrics import HubMetrics
 from agent.hub.snapshots import SnapshotStore
 from agent.hub.tokens import TokenIssuer
+from agent.hub.turn import ice_server_source
 from agent.push.service import PushService
 from agent.rtc.settings import IceServerSettings
 from agent.statedir import resolve_state_dir
@@ -93,6 +94,9 @@ class HubServer:
                 viewer_ice_servers=tuple(_ice_item(s) for s in settings.hub.ice_servers),
                 viewer_groups=tuple(settings.hub.viewer_groups),
                 snapshots=SnapshotStore(self.state_dir / "snapshots"),
+                ice=ice_server_source(
+                    settings, tuple(_ice_item(s) for s in settings.hub.ice_servers)
+                ),
             )
         )
         self._server: uvicorn.Server | None = None

@@ -31,7 +31,7 @@ from agent.protocol import CID_PREFIX, HubFrame
 from agent.rtc.calls import IncomingCall, RtcConnection, RtcConnector, _Call
 from agent.rtc.channels import ChannelSpec, channel_specs
 from agent.rtc.errors import CallEndedError
-from agent.rtc.ice import ice_servers
+from agent.rtc.ice import CallIce, IceServer, ice_servers
 from agent.rtc.media import (
     KINDS,
     Attachable,
@@ -104,6 +104,7 @@ class RtcEngine:
         on_closed: Callable[[str, str | None, dict[str, Any]], None] | None = None,
         ring_timeout: float = 60.0,
         limits: SignalingLimits | None = None,
+        ice_source: Callable[[], Awaitable[CallIce]] | None = None,
     ) -> None:
         """Prepare the engine; it does nothing until a frame or a dial.
 
@@ -116,6 +117,8 @@ class RtcEngine:
             on_closed: Called with (cid, user_id, content) when the other side hangs up.
             ring_timeout: Seconds a call may ring before it is refused.
             limits: Bounds on buffered signaling.
+            ice_source: The ICE servers and policy of a call that names none (the hub's,
+                :class:`agent.rtc.ice.HubIceServers`); default: the factory's.
         """
         self._send = send
         self.factory = factory
@@ -123,6 +126,7 @@ class RtcEngine:
         self.on_incoming = on_incoming
         self.on_closed = on_closed
         self._ring_timeout = ring_timeout
+        self._ice_source = ice_source
         self._board = Switchboard(local_id, limits)
         self._calls: dict[str, _Call] = {}
         self._outbox: deque[tuple[str, dict[str, Any], asyncio.Future[None]]] = deque()
@@ -165,13 +169,17 @@ class RtcEngine:
         """
         cid = _cid(cid)
         specs = channel_specs(channels)
-        servers = ice_servers(ice, self.factory.options.servers)
+        chosen = ice_servers(ice, self.factory.options.servers)
         request = media_request(media, self.media_devices)
+        if cid in self._board.calls:
+            raise RealtimeError(Codes.INVALID_REQUEST, f"A call with {cid} is already going on.")
+        call_ice = await self._call_ice(ice, chosen)
         if self._board.dial(cid) is None:
             raise RealtimeError(Codes.INVALID_REQUEST, f"A call with {cid} is already going on.")
         call = self._calls[cid] = _Call(self, cid, None, Role.CALLER)
         try:
-            pc = self._setup(call, self.factory.create(servers), callback, request.local)
+            pc = self.factory.create(call_ice.servers, relay_only=call_ice.relay_only)
+            pc = self._setup(call, pc, callback, request.local)
             for kind in request.kinds:
                 track = request.local.track(kind) if request.local is not None else None
                 self._transceiver(pc, kind, track, "sendrecv" if track else "recvonly")
@@ -196,6 +204,8 @@ class RtcEngine:
         receive: Iterable[str] | None,
     ) -> RtcConnection:
         """Take the ringing ``call`` (see :meth:`IncomingCall.connect_rtc`)."""
+        chosen = ice_servers(ice, self.factory.options.servers)
+        call_ice = await self._call_ice(ice, chosen)  # first: the call may end meanwhile
         machine = self._board.calls.get(call.cid)
         if machine is None or machine.state is not CallState.RINGING or machine.offer is None:
             raise RealtimeError(Codes.INVALID_REQUEST, f"The call from {call.cid} is not ringing.")
@@ -204,7 +214,6 @@ class RtcEngine:
         except ValueError as exc:
             self._run(self._board.fail(call.cid))
             raise RealtimeError(Codes.INVALID_REQUEST, str(exc)) from exc
-        servers = ice_servers(ice, self.factory.options.servers)
         request = media_request(media, self.media_devices)
         if call.ring_timer is not None:
             call.ring_timer.cancel()
@@ -212,7 +221,7 @@ class RtcEngine:
             self._prepare_answer(
                 call,
                 offer,
-                self.factory.create(servers),
+                self.factory.create(call_ice.servers, relay_only=call_ice.relay_only),
                 callback=callback,
                 local=request.local,
                 receive=set(KINDS if receive is None else receive),
@@ -222,6 +231,13 @@ class RtcEngine:
             raise
         self._run(self._board.accept(call.cid))
         return await asyncio.shield(call.up)
+
+    async def _call_ice(self, ice: Any, chosen: list[IceServer]) -> CallIce:
+        """The call's servers: those given (``ice``), else the source's, else the factory's."""
+        relay_only = self.factory.options.relay_only
+        if ice is not None or self._ice_source is None:
+            return CallIce(tuple(chosen), relay_only)
+        return await self._ice_source()
 
     def _prepare_answer(
         self,

@@ -10,6 +10,10 @@
   the addresses chosen here.
 * **The transport policy** ``relay`` (W3C WebRTC ``iceTransportPolicy``) offers relayed
   candidates only, for sites that must not expose their addresses to callers.
+* **Servers come from the hub per call** (:class:`HubIceServers`): ``GET /api/ice-servers``
+  hands out TURN credentials good for an hour or so; an answer is reused for half its
+  lifetime, and the configured servers (``[[calls.ice_servers]]``) are added after the
+  hub's. A hub without the route, or out of reach, leaves the configured servers alone.
 * **mDNS names** in remote candidates (browsers hide host addresses behind them) are
   resolved by :class:`agent.rtc.mdns.MdnsResolver` before aiortc sees them, in SDP and in
   trickled candidates, so they never reach aioice's resolver (see that module for why).
@@ -17,9 +21,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -33,6 +39,8 @@ from agent.rtc.mdns import is_mdns_name
 from agent.rtc.signaling import IceCandidate
 
 __all__ = [
+    "CallIce",
+    "HubIceServers",
     "IceOptions",
     "IceServer",
     "candidate_to_aiortc",
@@ -47,6 +55,9 @@ log = logging.getLogger(__name__)
 
 _CANDIDATE_LINE: Final = "a=candidate:"
 _MAX_SERVERS: Final = 8
+_FETCH_SECONDS: Final = 5.0  # a call waits this long at most for the hub's answer
+_RETRY_SECONDS: Final = 30.0  # after a failed fetch, the configured servers alone this long
+_NO_ROUTE_SECONDS: Final = 3600.0  # a hub without /api/ice-servers is asked again after this
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +67,11 @@ class IceServer:
     urls: tuple[str, ...]
     username: str | None = None
     credential: str | None = None
+
+    def __repr__(self) -> str:
+        # Never a credential in a log line or a traceback.
+        hidden = "None" if self.credential is None else "'********'"
+        return f"IceServer(urls={self.urls!r}, username={self.username!r}, credential={hidden})"
 
     def to_aiortc(self) -> RTCIceServer:
         """aiortc's server record."""
@@ -78,6 +94,80 @@ class IceOptions:
     def relay_only(self) -> bool:
         """Whether only relayed candidates may be used."""
         return self.transport_policy == "relay"
+
+
+@dataclass(frozen=True, slots=True)
+class CallIce:
+    """The ICE servers and policy of one call."""
+
+    servers: tuple[IceServer, ...] = ()
+    relay_only: bool = False
+
+
+class HubIceServers:
+    """ICE servers from the hub (``GET /api/ice-servers``), reused until half their TTL.
+
+    ``fetch`` returns the hub's JSON answer (``{"iceServers": [...], "ttl": N,
+    "iceTransportPolicy": ...}``) or raises :class:`RealtimeError`. The servers of
+    ``options`` follow the hub's, and the ``relay`` policy of either side wins.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[Any]],
+        options: IceOptions,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch = fetch
+        self._options = options
+        self._clock = clock
+        self._cached = CallIce(options.servers, options.relay_only)
+        self._until = 0.0  # reuse the cached answer until then
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> CallIce:
+        """The servers for a call now: cached, fetched, or the configured ones."""
+        async with self._lock:
+            if self._clock() >= self._until:
+                await self._refresh()
+            return self._cached
+
+    async def _refresh(self) -> None:
+        try:
+            async with asyncio.timeout(_FETCH_SECONDS):
+                answer = parse_ice_answer(await self._fetch())
+        except (RealtimeError, TimeoutError) as exc:
+            missing = isinstance(exc, RealtimeError) and exc.code == Codes.NOT_FOUND
+            if not missing:
+                log.warning("ICE servers not fetched from the hub (%s); using the configured", exc)
+            self._cached = CallIce(self._options.servers, self._options.relay_only)
+            self._until = self._clock() + (_NO_ROUTE_SECONDS if missing else _RETRY_SECONDS)
+            return
+        servers, ttl, relay_only = answer
+        self._cached = CallIce(
+            (*servers, *self._options.servers)[:_MAX_SERVERS],
+            relay_only or self._options.relay_only,
+        )
+        self._until = self._clock() + ttl / 2
+
+
+def parse_ice_answer(payload: Any) -> tuple[tuple[IceServer, ...], float, bool]:
+    """(servers, ttl seconds, relay only) of the hub's ``/api/ice-servers`` answer.
+
+    Raises:
+        RealtimeError: ERROR naming what is wrong with the answer.
+    """
+    if not isinstance(payload, Mapping):
+        raise RealtimeError(Codes.ERROR, "The hub's ICE servers answer is not an object.")
+    ttl = payload.get("ttl")
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0:
+        raise RealtimeError(Codes.ERROR, "The hub's ICE servers answer has no positive ttl.")
+    try:
+        servers = ice_servers(payload.get("iceServers") or [], ())
+    except RealtimeError as exc:
+        raise RealtimeError(Codes.ERROR, f"The hub's ICE servers: {exc.message}") from exc
+    return tuple(servers), float(ttl), payload.get("iceTransportPolicy") == "relay"
 
 
 def ice_servers(ice: Any, default: Sequence[IceServer]) -> list[IceServer]:

@@ -9,6 +9,7 @@ In TOML::
     allow_groups = ["family"]            # callers connected in one of these groups
     host_interfaces = ["eth0"]           # host candidates only here (default: everywhere)
     host_addresses = ["192.168.1.20"]
+    ice_transport_policy = "relay"       # only relayed candidates (default "all")
 
     [[calls.ice_servers]]
     urls = ["turn:turn.example.net:3478?transport=udp"]
@@ -63,6 +64,7 @@ __all__ = [
     "IceServerSettings",
     "VideoSettings",
     "call_policy",
+    "check_ice_url",
     "ice_options",
     "media_config",
     "sink_config",
@@ -102,6 +104,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def check_ice_url(url: str) -> str:
+    """``url`` if it is a STUN or TURN URL (RFC 7064, RFC 7065); ValueError naming it if not."""
+    if not _ICE_URL_RE.match(url):
+        raise ValueError(
+            f"{url!r} is not a STUN or TURN URL: use stun:HOST[:PORT] or "
+            "turn:HOST[:PORT][?transport=udp|tcp] (turns: and stuns: for TLS)"
+        )
+    return url
+
+
 class IceServerSettings(_Model):
     """A STUN or TURN server ([[calls.ice_servers]])."""
 
@@ -112,13 +124,7 @@ class IceServerSettings(_Model):
     @field_validator("urls")
     @classmethod
     def _ice_urls(cls, value: list[str]) -> list[str]:
-        for url in value:
-            if not _ICE_URL_RE.match(url):
-                raise ValueError(
-                    f"{url!r} is not a STUN or TURN URL: use stun:HOST[:PORT] or "
-                    "turn:HOST[:PORT][?transport=udp|tcp] (turns: and stuns: for TLS)"
-                )
-        return value
+        return [check_ice_url(url) for url in value]
 
     @model_validator(mode="after")
     def _turn_credentials(self) -> IceServerSettings:
@@ -137,6 +143,9 @@ class CallsSettings(_Model):
     allow_groups: list[str] = Field(default_factory=list)
     allow_roles: list[RoleName] = Field(default_factory=_people)
     ice_servers: list[IceServerSettings] = Field(default_factory=list)
+    # "relay": offer relayed candidates only (W3C iceTransportPolicy), for sites that must
+    # not show callers their addresses; a hub with this setting tells its viewers too.
+    ice_transport_policy: Literal["all", "relay"] = "all"
     host_interfaces: list[str] = Field(default_factory=list)
     host_addresses: list[str] = Field(default_factory=list)
     ipv6: bool = True
@@ -304,6 +313,7 @@ def ice_options(calls: CallsSettings) -> IceOptions:
         ipv6=calls.ipv6,
         mdns=calls.mdns,
         mdns_timeout=calls.mdns_timeout,
+        transport_policy=calls.ice_transport_policy,
     )
 
 

@@ -154,6 +154,8 @@ async def test_viewer_config_and_the_viewer_page(hub: Hub) -> None:
             {"urls": ["turn:turn.example.net:3478"], "username": "u", "credential": "c"}
         ],
         "groups": ["devices"],
+        "iceServersUrl": "/api/ice-servers",
+        "iceTransportPolicy": "all",
     }
     # The viewer's files are still served at "/" behind the API routes.
     assert page.status_code == 200

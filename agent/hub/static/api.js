@@ -47,6 +47,8 @@ export class Api {
   me() { return this.request('GET', '/api/me'); }
   devices() { return this.request('GET', '/api/devices'); }
   viewerConfig() { return this.request('GET', '/api/viewer/config'); }
+  // STUN/TURN servers for one call, with TURN credentials minted now (short-lived).
+  iceServers(path = '/api/ice-servers') { return this.request('GET', path); }
   vapidPublicKey() { return this.request('GET', '/api/push/vapid-public-key'); }
   subscribe(subscription) { return this.request('POST', '/api/push/subscribe', subscription); }
   unsubscribe(subscription) { return this.request('POST', '/api/push/unsubscribe', subscription); }

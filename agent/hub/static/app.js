@@ -10,7 +10,9 @@ import {
 } from './alerts.js';
 
 const GROUPS_KEY = 'edge-agent.groups';
-const DEFAULT_CONFIG = { iceServers: [], groups: ['devices'] };
+const DEFAULT_CONFIG = {
+  iceServers: [], iceServersUrl: null, iceTransportPolicy: 'all', groups: ['devices'],
+};
 const INTENT_WAIT_MS = 30000; // how long "?device=NAME&call=1" waits for NAME to come online
 
 const $ = (id) => document.getElementById(id);
@@ -372,6 +374,8 @@ async function startCall(device, clickedAt) {
     cid,
     realtime: viewer.realtime,
     iceServers: viewer.config.iceServers || [],
+    iceTransportPolicy: viewer.config.iceTransportPolicy,
+    iceSource: viewer.config.iceServersUrl ? () => api.iceServers(viewer.config.iceServersUrl) : null,
     video,
     selfId: viewer.user.user_id,
     startedAt: clickedAt,

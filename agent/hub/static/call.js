@@ -10,6 +10,11 @@
 // The offer does not wait for the microphone: audio goes out on a sendrecv transceiver
 // whose track is attached (replaceTrack) once getUserMedia answers, so a permission prompt
 // never delays the picture. The track stays disabled (silence) except while talk is held.
+//
+// ICE servers are fetched for every call (`iceSource`: the hub's /api/ice-servers, whose
+// TURN credentials last about an hour), while the offer is being made, and set before
+// gathering starts (setConfiguration before setLocalDescription, W3C WebRTC 4.4.1.6). A
+// hub that cannot be asked leaves the static servers of the viewer's settings.
 
 import { summarize } from './stats.js';
 
@@ -36,12 +41,17 @@ export class CallError extends Error {
 // Events: 'state' {state}, 'mic' {ready, message}, 'talk' {on}, 'notice' {code, message},
 // 'stats' (summary), 'frame' {count}, 'ended' {reason, message, error}.
 export class Call extends EventTarget {
-  constructor({ device, cid, realtime, iceServers = [], video, selfId, startedAt }) {
+  constructor({
+    device, cid, realtime, iceServers = [], iceTransportPolicy = 'all', iceSource = null, video,
+    selfId, startedAt,
+  }) {
     super();
     this.device = device; // {user_id, name}
     this.cid = cid;
     this.realtime = realtime;
     this.iceServers = iceServers;
+    this.iceTransportPolicy = iceTransportPolicy === 'relay' ? 'relay' : 'all';
+    this.iceSource = iceSource;
     this.video = video;
     this.selfId = selfId;
     this.state = CallState.CALLING;
@@ -58,7 +68,8 @@ export class Call extends EventTarget {
   }
 
   async start() {
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: 'max-bundle' });
+    const iceReady = this._fetchIce();
+    const pc = new RTCPeerConnection(this._configuration());
     this.pc = pc;
     pc.addTransceiver('video', { direction: 'recvonly' });
     this.audio = pc.addTransceiver('audio', { direction: 'sendrecv' });
@@ -72,6 +83,9 @@ export class Call extends EventTarget {
       if (!this.ended) this._micState(false, `The microphone could not be attached (${err.message || err}).`);
     });
     const offer = await pc.createOffer();
+    await iceReady;
+    if (this.ended) return;
+    pc.setConfiguration(this._configuration()); // before gathering: the fresh servers
     await pc.setLocalDescription(offer);
     if (this.ended) return;
     this.metrics.offerAt = performance.now();
@@ -85,6 +99,29 @@ export class Call extends EventTarget {
   }
 
   get ended() { return this.state === CallState.ENDED; }
+
+  _configuration() {
+    return {
+      iceServers: this.iceServers,
+      iceTransportPolicy: this.iceTransportPolicy,
+      bundlePolicy: 'max-bundle',
+    };
+  }
+
+  // Fresh servers (and the hub's transport policy) for this call; the static ones if the
+  // hub cannot be asked. Never logs a credential.
+  async _fetchIce() {
+    if (!this.iceSource) return;
+    const started = performance.now();
+    try {
+      const answer = await this.iceSource();
+      if (Array.isArray(answer?.iceServers)) this.iceServers = answer.iceServers;
+      if (answer?.iceTransportPolicy === 'relay') this.iceTransportPolicy = 'relay';
+      this.metrics.iceServersMs = performance.now() - started;
+    } catch (err) {
+      console.warn(`ICE servers not fetched (${err.message || err}); using the configured ones`);
+    }
+  }
 
   // A `rtc` content from the device's connection.
   handleSignal(content) {
