@@ -181,7 +181,13 @@ def _add_config(commands: _Commands) -> None:
 
 def _add_agent_control(commands: _Commands) -> None:
     trigger = commands.add_parser(
-        "trigger", parents=_options(), help="fire a manual event rule in the running agent"
+        "trigger",
+        parents=_options(),
+        help="fire a manual event rule in the running agent",
+        description="Fire a manual event rule in the running agent. It answers 'fired' only "
+        "once the event's alerts and group posts are committed to the agent's outbox on disk "
+        "(an SQLite commit with synchronous=FULL, fsync'd): from then on a crash, a power "
+        "cut, or a hub or network outage loses none of them.",
     )
     trigger.add_argument("name", metavar="NAME", help="the rule's name in [[events]]")
     trigger.set_defaults(handler=_cmd_trigger)

@@ -11,8 +11,10 @@ the whole window instead of arriving together.
 code 1012, or 1001) is tried again within a second; after an abrupt loss every delay stays
 under a second for the first minute of the outage (most outages are a restart or a short
 network blip, and a device should be back as soon as the hub is), then the ceiling doubles
-per attempt up to a 30 s cap. :class:`FixedBackoff` is the plain capped exponential
-schedule behind the same interface (what clients did before; benchmarks compare the two).
+every 30 s of outage up to a 30 s cap. The ceiling follows the outage's age, not the
+number of attempts, so a hub back after 61 s is not met with a delay meant for a long one.
+:class:`FixedBackoff` is the plain capped exponential schedule behind the same interface
+(what clients did before; benchmarks compare the two).
 """
 
 from __future__ import annotations
@@ -199,7 +201,8 @@ class ReconnectPolicy:
 
     quick_seconds: float = 1.0  # the ceiling of every delay while the outage is young
     quick_window_seconds: float = 60.0  # how long an outage counts as young
-    factor: float = 2.0  # growth of the ceiling per attempt after the window
+    factor: float = 2.0  # growth of the ceiling per doubling_seconds of outage after that
+    doubling_seconds: float = 30.0
     cap_seconds: float = 30.0  # the largest ceiling
     # A connection that stayed up this long ends the outage; one the hub drops right after
     # accepting it (too many connections, a policy close) does not.
@@ -207,9 +210,14 @@ class ReconnectPolicy:
     refused_seconds: float = 30.0  # ceiling after a refused token (drawn in its upper half)
 
     def __post_init__(self) -> None:
-        if not 0 < self.quick_seconds <= self.cap_seconds or self.factor < 1:
+        if (
+            not 0 < self.quick_seconds <= self.cap_seconds
+            or self.factor < 1
+            or self.doubling_seconds <= 0
+        ):
             raise ValueError(
-                "a reconnect policy needs 0 < quick_seconds <= cap_seconds and factor >= 1"
+                "a reconnect policy needs 0 < quick_seconds <= cap_seconds, factor >= 1 "
+                "and doubling_seconds > 0"
             )
 
 
@@ -223,7 +231,6 @@ class Reconnect:
         self._jitter = jitter
         self._outage_since: float | None = None
         self._opened_at: float | None = None
-        self._slow_attempts = 0
 
     @property
     def outage_since(self) -> float | None:
@@ -241,16 +248,11 @@ class Reconnect:
         if classify(error) is Verdict.RETRY_AT_CAP:
             return capped_delay(policy.refused_seconds, self._jitter)
         since = now if self._outage_since is None else self._outage_since
-        if now - since < policy.quick_window_seconds:
+        late = now - since - policy.quick_window_seconds
+        if late < 0:
             return self._jitter() * policy.quick_seconds
-        attempt = self._slow_attempts = self._slow_attempts + 1
-        return full_jitter(
-            attempt,
-            initial=policy.quick_seconds,
-            factor=policy.factor,
-            cap=policy.cap_seconds,
-            jitter=self._jitter,
-        )
+        growth: float = policy.factor ** min(late / policy.doubling_seconds, _MAX_EXPONENT)
+        return self._jitter() * min(policy.cap_seconds, policy.quick_seconds * growth)
 
     def _track_outage(self, error: BaseException, now: float) -> None:
         opened, self._opened_at = self._opened_at, None
@@ -259,7 +261,6 @@ class Reconnect:
             # A new outage: the first one, the end of a connection that had settled, or a
             # hub that said it restarts (it will be back soon whatever came before).
             self._outage_since = now
-            self._slow_attempts = 0
 
 
 class FixedBackoff:

@@ -2,8 +2,12 @@
 local control socket, and the ``sensors`` / ``serial:NAME`` data channels of calls.
 
 The daemon makes one :class:`Sensing` once it has a hub client, starts it, and closes it
-on the way out. Alerts go through the durable outbox to the hub's push API; events and
-telemetry go to groups through the realtime connection.
+on the way out. Alerts go through the durable outbox to the hub's push API; event posts
+through the durable post queue (:mod:`agent.events.postbox`) to groups over the realtime
+connection; both are committed before "fired" is answered, and both leave as soon as the
+hub link is back after an outage. Telemetry is the latest state, not history: while the
+link is down only the latest telemetry post per group is kept (it carries every port's
+latest reading), and it is sent when the link is back.
 """
 
 from __future__ import annotations
@@ -16,10 +20,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import EdgeAgentError, RealtimeError
+from agent.client import ConnectionState
+from agent.errors import EdgeAgentError, RealtimeError, Texts
 from agent.events.control import ControlServer, control_socket_path
 from agent.events.engine import ActionHandlers, EventEngine
+from agent.events.errors import LinkDownError
+from agent.events.postbox import PostBox
 from agent.exposition import Exposition, labelled
+from agent.messages import MessageType, RealtimeMessage
 from agent.push.outbox import OUTBOX_FILE, Outbox
 from agent.sensors.framing import Reading
 from agent.sensors.hub import ReadingFilter, SensorHub
@@ -35,6 +43,9 @@ __all__ = ["Sensing"]
 log = logging.getLogger(__name__)
 
 ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+# The hub's echoes of our posts arrive on this stream; a burst after an outage must fit.
+_LINK_STREAM_SIZE = 4096
+_LINK_DOWN = frozenset({MessageType.RECONNECT, MessageType.CLOSE})
 
 
 class Sensing:
@@ -55,11 +66,18 @@ class Sensing:
         self.outbox = Outbox(
             state_dir / OUTBOX_FILE, deliver=client.push_alert, settings=settings.push.outbox
         )
+        self.posts = PostBox(
+            state_dir / OUTBOX_FILE,
+            send=self._send_post,
+            max_posts=settings.push.outbox.max_queued_posts,
+        )
+        self._telemetry: dict[str, dict[str, Any]] = {}  # group -> latest, while offline
         actions = ActionHandlers(
-            post=self._post,
+            post=self.posts.post,
             push=self.outbox.push,
             call=self._call_ready,
             snapshot=self._snapshot if camera is not None else None,
+            holds=True,
         )
         self.engine = EventEngine(
             settings.events,
@@ -72,7 +90,7 @@ class Sensing:
         self.sensors = SensorHub(
             settings.serial,
             device=settings.name,
-            post=self._post,
+            post=self._post_telemetry,
             telemetry_seconds=telemetry.telemetry_seconds,
             telemetry_groups=telemetry.telemetry_groups or settings.groups,
             on_presence=self._presence,
@@ -81,6 +99,7 @@ class Sensing:
         self.sensors.add_listener(self.engine.on_reading)
         self.control = ControlServer(control_socket_path(state_dir), self.engine.control_handlers())
         self._stack = contextlib.AsyncExitStack()
+        self._flushes: set[asyncio.Task[None]] = set()
 
     def add_control(self, handlers: dict[str, ControlHandler]) -> None:
         """Serve more operations on the control socket (``status`` comes from the daemon)."""
@@ -92,9 +111,16 @@ class Sensing:
         registry.register("serial:", self._serve_serial, prefix=True)
 
     async def start(self) -> None:
-        """Start the outbox (resending what a previous run left), rules, ports, socket."""
+        """Start the outbox and post queue (resending what a previous run left), the link
+        watch, rules, ports, socket."""
         stack = self._stack
         await stack.enter_async_context(self.outbox)
+        await stack.enter_async_context(self.posts)
+        stream = self._client.messages(maxsize=_LINK_STREAM_SIZE)
+        watch = asyncio.get_running_loop().create_task(self._watch_link(stream), name="link")
+        stack.push_async_callback(_cancel, watch)
+        if self._client.state is ConnectionState.OPEN:  # connected before we started watching
+            self._link_up()
         await stack.enter_async_context(self.engine)
         await stack.enter_async_context(self.sensors)
         await stack.enter_async_context(self.control)
@@ -102,14 +128,17 @@ class Sensing:
     async def close(self) -> None:
         """Stop in reverse order; what the outbox holds stays on disk for the next run."""
         await self._stack.aclose()
+        for task in list(self._flushes):
+            await _cancel(task)
 
     def status(self) -> dict[str, Any]:
         """Ports, rules and outbox, for the ``control`` channel and ``edge-agent status``."""
-        stats = self.outbox.stats()
+        stats, posts = self.outbox.stats(), self.posts.stats()
         return {
             "sensors": self.sensors.status(),
             "events": self.engine.status(),
             "outbox": {"depth": stats.depth, "text": stats.status_text()},
+            "posts": {"depth": posts.depth, "dropped": posts.dropped},
         }
 
     def metrics(self) -> str:
@@ -136,18 +165,68 @@ class Sensing:
             "Event rules fired, by rule.",
             _per(rules, "rule", lambda r: _count(r, "fired")),
         )
-        return out.render() + self.outbox.stats().render_metrics()
+        return (
+            out.render()
+            + self.outbox.stats().render_metrics()
+            + self.posts.stats().render_metrics()
+        )
 
     # -- actions and data channels ---------------------------------------------------------
 
-    async def _post(self, group: str, payload: Any) -> None:
+    async def _watch_link(self, stream: Any) -> None:
+        """Follow the hub link: up, down, and the echoes of our own posts."""
+        me = self._client.user_id
+        message: RealtimeMessage
+        async with stream:
+            async for message in stream:
+                if message.type is MessageType.SUCCESS:
+                    self._link_up()
+                elif message.type in _LINK_DOWN:
+                    self.posts.link_down()
+                elif message.type is MessageType.MESSAGE and message.sender == me:
+                    post_id = (
+                        message.message.get("id") if isinstance(message.message, dict) else None
+                    )
+                    if isinstance(post_id, str):
+                        self.posts.acknowledge(post_id)
+
+    def _link_up(self) -> None:
+        self.posts.link_up()
+        self.outbox.retry_now()  # alerts waiting out a back-off go now
+        if self._telemetry:
+            task = asyncio.get_running_loop().create_task(self._flush_telemetry())
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _send_post(self, group: str, payload: dict[str, Any]) -> None:
+        """Send one queued post; ``LinkDownError`` when the link is not open."""
+        if self._client.state is not ConnectionState.OPEN:
+            raise LinkDownError("the hub link is not open")
         try:
             await self._client.post_realtime(payload, group)
         except RealtimeError as exc:
-            # Group posts are live news; alerts are the durable path (the outbox).
-            log.warning(
-                "could not post to group %s: %s", group, exc.message, extra={"group": group}
-            )
+            if self._client.state is not ConnectionState.OPEN or exc.message in _LINK_TEXTS:
+                raise LinkDownError("the hub link is not open") from exc
+            raise
+
+    async def _post_telemetry(self, group: str, payload: dict[str, Any]) -> None:
+        """Post telemetry now if the link is up, else keep only the latest for later."""
+        if self.posts.link_is_up and not self._telemetry:
+            try:
+                await self._client.post_realtime(payload, group)
+            except RealtimeError as exc:
+                log.debug("telemetry to %s kept for later: %s", group, exc.message)
+            else:
+                return
+        self._telemetry[group] = payload
+
+    async def _flush_telemetry(self) -> None:
+        pending, self._telemetry = self._telemetry, {}
+        for group, payload in pending.items():
+            try:
+                await self._client.post_realtime(payload, group)
+            except RealtimeError:
+                self._telemetry.setdefault(group, payload)  # a newer one may have come
 
     async def _snapshot(self, event: Event) -> str | None:
         """A picture of the moment, stored on the hub; the alert carries only its link."""
@@ -196,6 +275,15 @@ class Sensing:
             bridge.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
+
+
+_LINK_TEXTS = frozenset({Texts.NOT_OPEN, Texts.NO_CONNECTION})
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _pump(readings: Any, session: ChannelSession) -> None:

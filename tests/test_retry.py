@@ -193,11 +193,24 @@ def test_an_abrupt_loss_stays_under_a_second_for_a_minute_then_backs_off() -> No
         delays.append((now - 100.0, delay))
         now += delay
     young = [d for t, d in delays if t < 60]
-    old = [d for t, d in delays if t >= 60]
     assert len(young) == 60
-    assert max(young) == 1.0
-    assert old[:6] == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]  # then doubling to the cap
-    assert max(old) == 30.0
+    assert max(young) == 1.0  # at most a second apart
+    ceilings = dict(delays)
+    assert all(a <= b for a, b in itertools.pairwise(d for _t, d in delays))  # only grows
+    assert 1.0 < min(d for t, d in delays if t >= 61) < 1.1  # a hub back at 61 s: ~1 s
+    assert max(ceilings.values()) == 30.0  # the cap, reached after 3.5 minutes
+    assert next(t for t, d in delays if d == 30.0) > 200
+
+
+@pytest.mark.parametrize(
+    ("age", "ceiling"), [(30, 1.0), (60, 1.0), (90, 2.0), (120, 4.0), (400, 30.0)]
+)
+def test_the_ceiling_doubles_every_30_seconds_of_outage_after_the_first_minute(
+    age: float, ceiling: float
+) -> None:
+    schedule = Reconnect(jitter=lambda: 1.0)
+    schedule.delay(LOST, now=0.0)
+    assert schedule.delay(LOST, now=age) == pytest.approx(ceiling)
 
 
 def test_delays_are_full_jitter_below_the_ceiling() -> None:
@@ -229,6 +242,8 @@ def test_the_policy_refuses_nonsense() -> None:
         ReconnectPolicy(quick_seconds=0)
     with pytest.raises(ValueError, match="reconnect policy"):
         ReconnectPolicy(quick_seconds=40, cap_seconds=30)
+    with pytest.raises(ValueError, match="reconnect policy"):
+        ReconnectPolicy(doubling_seconds=0)
 
 
 def test_is_restart_knows_1012_and_1001_only() -> None:

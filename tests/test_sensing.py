@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from linkproxy import LinkProxy
 from sensors.ptys import PtyDevice
 
 from agent import RealtimeClient
@@ -31,7 +32,7 @@ async def hub(tmp_path: Path) -> AsyncIterator[HubServer]:
 
 
 async def connect(hub: HubServer, name: str, role: Role, inbox: Any = None) -> RealtimeClient:
-    account = hub.accounts.add(name, None, role)
+    account = hub.accounts.add(name, None, role, groups=["home"])
     client = RealtimeClient(hub.ws_url, token=hub.tokens.issue(account, 3600))
     await client.connect_realtime(inbox.put_nowait if inbox else (lambda _m: None))
     await client.join_realtime("home")
@@ -111,3 +112,95 @@ async def test_a_serial_alarm_reaches_the_group_and_the_outbox_delivers_the_aler
         await device.close_realtime()
         await alice.close_realtime()
         meter.close()
+
+
+OUTAGE_SETTINGS: dict[str, Any] = {
+    "name": "field",
+    "groups": ["home"],
+    "sensors": {"telemetry_seconds": 1},
+    "events": [
+        {
+            "name": "bell",
+            "trigger": {"type": "manual"},
+            "actions": [{"type": "post"}],
+            "cooldown": 0,
+        }
+    ],
+}
+
+
+async def test_posts_wait_out_a_link_outage_in_order_and_telemetry_keeps_the_latest(
+    hub: HubServer, tmp_path: Path
+) -> None:
+    # The device reaches the hub through a link the test cuts; the watcher does not.
+    link = LinkProxy(hub.port)
+    await link.start()
+    meter = PtyDevice(tmp_path / "meter")
+    serial = [{"name": "meter", "port": meter.path, "parse": r"T=(?P<temp>[0-9.]+)"}]
+    settings = Settings.model_validate(OUTAGE_SETTINGS | {"serial": serial})
+    inbox: asyncio.Queue[RealtimeMessage] = asyncio.Queue()
+    watcher = await connect(hub, "watcher", Role.USER, inbox)
+    account = hub.accounts.add("field", None, Role.DEVICE, groups=["home"])
+    device = RealtimeClient(f"ws://127.0.0.1:{link.port}/ws", token=hub.tokens.issue(account, 3600))
+    device_inbox: asyncio.Queue[RealtimeMessage] = asyncio.Queue()
+    await device.connect_realtime(device_inbox.put_nowait)
+    await device.join_realtime("home")
+    state = tmp_path / "agent"
+    state.mkdir(mode=0o700)
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    sensing = Sensing(settings, state_dir=state, client=device)
+    sensing.sensors.add_listener(lambda reading: lines.put_nowait(reading.line))
+    await sensing.start()
+    try:
+        await next_of(device_inbox, "notice")  # joined
+        link.cut()
+        await next_of(device_inbox, "reconnect")
+        for _ in range(100):
+            outcome, failed = await sensing.engine.fire("bell")
+            assert (outcome.value, failed) == ("fired", [])
+        for value in (1, 2, 3):  # a telemetry round sees each reading while offline
+            meter.send(b"T=%d\n" % value)
+            assert await asyncio.wait_for(lines.get(), TIMEOUT) == f"T={value}"
+            await asyncio.sleep(1.1)
+        assert sensing.posts.depth == 100
+        link.restore()
+
+        events, telemetry = await _group_posts(inbox, events=100)
+        assert len({e["id"] for e in events}) == 100  # none lost, none twice
+        times = [e["time"] for e in events]
+        assert times == sorted(times)  # in the order they happened
+        assert all(e["at"] and e["name"] == "bell" for e in events)
+        # Only the latest reading was kept through the outage.
+        assert {t["readings"]["meter"]["fields"]["temp"] for t in telemetry} == {3}
+        async with asyncio.timeout(TIMEOUT):
+            await sensing.posts.wait_empty()
+        assert sensing.posts.stats().delivered == 100
+        assert "edge_agent_posts_queued 0" in sensing.metrics()
+    finally:
+        await sensing.close()
+        await device.close_realtime()
+        await watcher.close_realtime()
+        await link.stop()
+        meter.close()
+
+
+async def _group_posts(
+    inbox: asyncio.Queue[RealtimeMessage], *, events: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Event posts (as many as ``events``) and at least one telemetry post, as they come."""
+    found: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
+    async with asyncio.timeout(TIMEOUT):
+        while len(found[0]) < events or not found[1]:
+            message = await inbox.get()
+            body = message.message
+            if message.type == "message" and isinstance(body, dict):
+                found[0 if body.get("type") == "event" else 1].append(body)
+    return found
+
+
+async def next_of(inbox: asyncio.Queue[RealtimeMessage], kind: str) -> RealtimeMessage:
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            message = await inbox.get()
+            if message.type == kind:
+                return message

@@ -10,9 +10,16 @@ Inputs are plain synchronous calls that never raise, so any part of the agent ca
 * ``trigger(name)``: manual rules, e.g. from the control socket (``control_handlers()``).
 
 A hit becomes an event when the rule's conditions hold and its cooldown has passed; the
-rule's actions then run as a task: the snapshot first (its link goes into the rest), then
-post, push and call side by side, each failure logged on its own. Actions are injected
-callables (``ActionHandlers``): the durable push outbox and the hub client plug in there.
+rule's actions then run as a task, each failure logged on its own. Actions are injected
+callables (``ActionHandlers``): the durable alert outbox and post queue plug in there.
+
+"Fired" means durable: the event's posts and alerts are committed first, side by side,
+and :meth:`EventEngine.fire` (what ``edge-agent trigger`` waits for) returns only once they
+are. A snapshot is slow (a camera to open, an upload), so with handlers that can hold
+(``ActionHandlers.holds``) the posts and alerts are committed held, the picture is taken
+after, and its link is filled in when they are released (within ``HOLD_SECONDS``; without
+a picture they go as they are). With plain handlers the snapshot is taken first and the
+link goes into what is committed after it. The call action runs last.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ from agent.sensors.framing import Reading
 from agent.sensors.settings import SerialPortSettings
 
 __all__ = [
+    "HOLD_SECONDS",
     "ActionHandlers",
     "Alert",
     "Clock",
@@ -82,6 +90,8 @@ _T = TypeVar("_T")
 ACTION_TIMEOUT: Final = 30.0
 # On shutdown, running actions get this long to finish before they are cancelled.
 DRAIN_TIMEOUT: Final = 5.0
+# Posts and alerts held for a snapshot wait this long for its link at most.
+HOLD_SECONDS: Final = 10.0
 
 
 class Clock(Protocol):
@@ -129,6 +139,7 @@ class Event:
     readings: Mapping[str, Mapping[str, Any]]
     snapshot: str | None = None
     call: bool = False
+    at: str = ""  # when it happened, ISO 8601 with the local offset (for people to read)
 
     def as_json(self) -> dict[str, Any]:
         """The event as posted to groups."""
@@ -137,6 +148,7 @@ class Event:
             "name": self.name,
             "device": self.device,
             "time": self.time,
+            "at": self.at,
             "trigger": self.trigger.value,
             "details": dict(self.details),
             "readings": {port: dict(reading) for port, reading in self.readings.items()},
@@ -179,17 +191,29 @@ class Alert:
         return dataclasses.asdict(self) | {"users": list(self.users), "roles": list(self.roles)}
 
 
-PostFn = Callable[[str, dict[str, Any]], Awaitable[None]]
+class Held(Protocol):
+    """A post or alert committed held, waiting for the snapshot's link."""
+
+    async def release(self, changes: Mapping[str, Any]) -> None:
+        """Apply ``changes`` (``{"snapshot": link}``) and let it be sent."""
+        ...
+
+
+# post(group, event JSON) and push(alert) commit; with ``holds`` they also take
+# ``hold_seconds=`` and then return a ``Held``.
+PostFn = Callable[..., Awaitable[Any]]
+PushFn = Callable[..., Awaitable[Any]]
 
 
 @dataclass(frozen=True)
 class ActionHandlers:
     """The callables actions use; a rule whose action has no handler is refused at load."""
 
-    post: PostFn | None = None  # post(group, event JSON)
-    push: Callable[[Alert], Awaitable[None]] | None = None  # hand an alert to the outbox
+    post: PostFn | None = None  # post(group, event JSON): commit a group post
+    push: PushFn | None = None  # push(alert): commit an alert to the outbox
     snapshot: Callable[[Event], Awaitable[str | None]] | None = None  # -> link to the image
     call: Callable[[Event], Awaitable[None]] | None = None  # get ready to be called
+    holds: bool = False  # post and push take hold_seconds= and return a Held
 
 
 @dataclass
@@ -293,11 +317,20 @@ class EventEngine:
                 self._maybe_fire(compiled.rule, Hit({"pin": pin}, {"pin": pin}))
 
     def trigger(self, name: str) -> FireOutcome:
-        """Fire the manual rule ``name``; ``UnknownRuleError`` if there is none."""
-        compiled = self._rules.get(name)
-        if compiled is None or not isinstance(compiled.rule.trigger, ManualTrigger):
-            raise UnknownRuleError(name, self.manual_rules())
-        return self._fire(compiled, Hit({}))
+        """Fire the manual rule ``name``; ``UnknownRuleError`` if there is none.
+
+        Returns at once; :meth:`fire` waits until the event's posts and alerts are stored.
+        """
+        return self._fire(self._manual(name), Hit({}))[0]
+
+    async def fire(self, name: str) -> tuple[FireOutcome, list[str]]:
+        """Fire the manual rule ``name`` and wait until its posts and alerts are committed.
+
+        Returns the outcome and the actions that could not be committed (empty when all
+        were). Raises ``UnknownRuleError`` if there is no such rule.
+        """
+        outcome, committed = self._fire(self._manual(name), Hit({}))
+        return outcome, ([] if committed is None else await asyncio.shield(committed))
 
     # -- for the daemon --------------------------------------------------------------------
 
@@ -384,21 +417,30 @@ class EventEngine:
 
     # -- firing ----------------------------------------------------------------------------
 
+    def _manual(self, name: str) -> _Rule:
+        compiled = self._rules.get(name)
+        if compiled is None or not isinstance(compiled.rule.trigger, ManualTrigger):
+            raise UnknownRuleError(name, self.manual_rules())
+        return compiled
+
     def _maybe_fire(self, rule: EventRule, hit: Hit | None) -> None:
         if hit is not None:
             self._fire(self._rules[rule.name], hit)
 
-    def _fire(self, compiled: _Rule, hit: Hit) -> FireOutcome:
+    def _fire(
+        self, compiled: _Rule, hit: Hit
+    ) -> tuple[FireOutcome, asyncio.Future[list[str]] | None]:
         outcome = self._decide(compiled)
         compiled.counters.count(outcome)
         if outcome is not FireOutcome.FIRED:
             log.debug("event %r not fired: %s", compiled.rule.name, outcome.value)
-            return outcome
+            return outcome, None
         compiled.last_fired = self._clock.monotonic()
         event, values = self._event(compiled.rule, hit)
         log.info("event %r fired (%s)", event.name, event.trigger.value)
-        self._spawn(self._run_actions(compiled, event, values), event.name)
-        return outcome
+        committed: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._spawn(self._run_actions(compiled, event, values, committed), event.name)
+        return outcome, committed
 
     def _decide(self, compiled: _Rule) -> FireOutcome:
         rule = compiled.rule
@@ -424,6 +466,7 @@ class EventEngine:
             trigger=rule.kind,
             details=dict(hit.details),
             readings={port: reading.as_json() for port, reading in sorted(self._latest.items())},
+            at=now.isoformat(timespec="milliseconds"),
         )
         base = {
             "name": rule.name,
@@ -439,41 +482,95 @@ class EventEngine:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_actions(self, compiled: _Rule, event: Event, values: dict[str, Any]) -> None:
+    async def _run_actions(
+        self,
+        compiled: _Rule,
+        event: Event,
+        values: dict[str, Any],
+        committed: asyncio.Future[list[str]],
+    ) -> None:
         rule, handlers = compiled.rule, self._actions
-        if handlers.snapshot is not None and any(a.type == "snapshot" for a in rule.actions):
-            link = await self._guarded(compiled, "snapshot", handlers.snapshot(event))
-            event = dataclasses.replace(event, snapshot=link)
         call = next((a for a in rule.actions if isinstance(a, CallAction)), None)
         event = dataclasses.replace(event, call=call is not None)
-        async with asyncio.TaskGroup() as group:
-            for label, action in self._action_calls(rule, call, event, values):
-                group.create_task(self._guarded(compiled, label, action))
+        take = handlers.snapshot if any(a.type == "snapshot" for a in rule.actions) else None
+        hold = take is not None and handlers.holds
+        try:
+            if take is not None and not hold:
+                link = await self._guarded(compiled, "snapshot", take(event))
+                event = dataclasses.replace(event, snapshot=_value(link))
+            outcomes = await self._commit(compiled, call, event, values, hold=hold)
+        except BaseException:
+            committed.set_result(["posts and alerts"])  # cancelled: nothing was stored
+            raise
+        committed.set_result([label for label, result in outcomes if result is _FAILED])
+        if take is not None and hold:
+            await self._release(compiled, take, event, [r for _l, r in outcomes])
+        if call is not None and handlers.call is not None:
+            await self._guarded(compiled, "call", handlers.call(event))
 
-    def _action_calls(
-        self, rule: EventRule, call: CallAction | None, event: Event, values: dict[str, Any]
-    ) -> list[tuple[str, Awaitable[None]]]:
-        """(label, awaitable) for every post, push and call the rule's actions make."""
+    async def _commit(
+        self,
+        compiled: _Rule,
+        call: CallAction | None,
+        event: Event,
+        values: dict[str, Any],
+        *,
+        hold: bool,
+    ) -> list[tuple[str, Any]]:
+        """Commit every post and alert of the event side by side; (label, result) each."""
+        extra = {"hold_seconds": HOLD_SECONDS} if hold else {}
+        labels, tasks = [], []
+        async with asyncio.TaskGroup() as group:
+            for label, action in self._durable_calls(compiled.rule, call, event, values, extra):
+                labels.append(label)
+                tasks.append(group.create_task(self._guarded(compiled, label, action)))
+        return [(label, task.result()) for label, task in zip(labels, tasks, strict=True)]
+
+    async def _release(
+        self,
+        compiled: _Rule,
+        take: Callable[[Event], Awaitable[str | None]],
+        event: Event,
+        held: list[Any],
+    ) -> None:
+        """Take the snapshot, then let the held posts and alerts go with its link."""
+        link = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HOLD_SECONDS):
+                link = _value(await self._guarded(compiled, "snapshot", take(event)))
+        for item in held:
+            if item is not None and item is not _FAILED:
+                await self._guarded(compiled, "release", item.release({"snapshot": link}))
+
+    def _durable_calls(
+        self,
+        rule: EventRule,
+        call: CallAction | None,
+        event: Event,
+        values: dict[str, Any],
+        extra: dict[str, Any],
+    ) -> list[tuple[str, Awaitable[Any]]]:
+        """(label, awaitable) for every post and push the rule's actions make."""
         handlers, calls = self._actions, []
         for action in rule.actions:
             if isinstance(action, PostAction) and handlers.post is not None:
                 payload = event.as_json()
                 for target in action.groups or self._groups:
-                    calls.append((f"post to {target!r}", handlers.post(target, payload)))
+                    calls.append((f"post to {target!r}", handlers.post(target, payload, **extra)))
             elif isinstance(action, PushAction) and handlers.push is not None:
-                calls.append(("push", handlers.push(self._alert(action, call, event, values))))
-        if call is not None and handlers.call is not None:
-            calls.append(("call", handlers.call(event)))
+                alert = self._alert(action, call, event, values)
+                calls.append(("push", handlers.push(alert, **extra)))
         return calls
 
-    async def _guarded(self, compiled: _Rule, what: str, action: Awaitable[_T]) -> _T | None:
+    async def _guarded(self, compiled: _Rule, what: str, action: Awaitable[_T]) -> _T | object:
+        """The action's result, or ``_FAILED`` (logged and counted) when it failed."""
         try:
             async with asyncio.timeout(ACTION_TIMEOUT):
                 return await action
         except Exception:  # each action fails alone; the others still run
             compiled.counters.action_errors += 1
             log.exception("event %r: the %s action failed", compiled.rule.name, what)
-            return None
+            return _FAILED
 
     def _alert(
         self, action: PushAction, call: CallAction | None, event: Event, values: dict[str, Any]
@@ -499,10 +596,31 @@ class EventEngine:
         if not isinstance(name, str) or not name:
             return {"ok": False, "error": 'trigger needs a rule name: {"name": "..."}'}
         try:
-            outcome = self.trigger(name)
+            outcome, failed = await self.fire(name)
         except UnknownRuleError as exc:
             return {"ok": False, "error": exc.message}
+        if failed:
+            return {
+                "ok": False,
+                "outcome": outcome.value,
+                "error": f"event {name!r} fired, but its {', '.join(failed)} could not be "
+                "stored; see the agent's log",
+            }
         return {"ok": True, "outcome": outcome.value, "message": _outcome_text(name, outcome)}
+
+
+class _Failed:
+    """The result of an action that failed (``None`` is a valid result)."""
+
+    def __repr__(self) -> str:
+        return "<failed>"
+
+
+_FAILED: Final = _Failed()
+
+
+def _value(result: object) -> Any:
+    return None if result is _FAILED else result
 
 
 def _check_handlers(

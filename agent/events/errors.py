@@ -3,7 +3,8 @@
     EdgeAgentError
      └── EventError             an event rule or the control socket
           ├── UnknownRuleError  ``trigger NAME`` names no manual rule (``name``)
-          └── ControlError      the control socket cannot be served or reached (``path``)
+          ├── ControlError      the control socket cannot be served or reached (``path``)
+          └── LinkDownError     a post could not be sent: the hub link is down
 
 Rules that do not fit the agent (a missing handler, an unknown port) are ``ConfigError``s.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from agent.errors import EdgeAgentError
 
-__all__ = ["ControlError", "EventError", "UnknownRuleError"]
+__all__ = ["ControlError", "EventError", "LinkDownError", "UnknownRuleError"]
 
 
 class EventError(EdgeAgentError):
@@ -41,3 +42,7 @@ class ControlError(EventError):
     def __init__(self, message: str, *, path: Path | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class LinkDownError(EventError):
+    """A post could not be sent because the hub link is not open (it will be resent)."""

@@ -1,10 +1,11 @@
 """The agent's durable alert outbox: written before sending, removed once the hub took it.
 
 Every alert gets an id and is committed to SQLite in the state directory (``outbox.db``,
-mode 0600, WAL with ``synchronous=FULL``: a committed alert survives a power cut) before
-``add`` returns. One task sends the rows oldest first through the injected ``deliver``
-(the hub's ``/api/push/send`` with the agent's token) and deletes a row only when
-``deliver`` returned, i.e. the hub answered 2xx. Failures are retried with capped
+mode 0600, WAL with ``synchronous=FULL``: the commit fsyncs the log, so a committed alert
+survives a power cut, not only a crashed process) before ``add`` returns; the control
+socket answers "fired" only after that. One task sends the rows oldest first through the
+injected ``deliver`` (the hub's ``/api/push/send`` with the agent's token) and deletes a
+row only when ``deliver`` returned, i.e. the hub answered 2xx. Failures are retried with capped
 exponential backoff and full jitter (:func:`agent.retry.backoff`) for as long as it takes:
 hub outages and agent restarts lose nothing, because rows left on disk are sent again by
 the next ``Outbox`` on the same file.
@@ -12,6 +13,14 @@ the next ``Outbox`` on the same file.
 Exactly once, as far as the phone can tell: a row is resent with the same id when the
 hub's answer was lost, and the hub acknowledges an id it has already accepted without
 pushing it again.
+
+An alert may be added *held* (``hold_seconds``): committed at once, but sent only when
+``release`` fills in what it was waiting for (the link of a snapshot being taken), or when
+the hold runs out. Rows are sent in order, so a held row keeps later ones waiting too.
+Holds do not survive a restart: rows a previous run left held are sent as they are.
+
+``retry_now`` cuts a back-off short (the daemon calls it when the hub link comes back, so
+alerts queued through an outage leave at once rather than at the end of a long wait).
 
 Bounded: beyond ``max_rows`` the oldest rows are dropped, counted and logged. An alert
 older than its TTL is dropped as expired (RFC 8030 section 5.2: nobody wants a doorbell
@@ -48,6 +57,7 @@ __all__ = [
     "OUTBOX_FILE",
     "AlertLike",
     "Deliver",
+    "HeldAlert",
     "Outbox",
     "OutboxState",
     "OutboxStats",
@@ -63,7 +73,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     alert_id TEXT NOT NULL UNIQUE,
     created_at REAL NOT NULL,
-    request TEXT NOT NULL
+    request TEXT NOT NULL,
+    held_until REAL
 )
 """
 # Fields of an alert that the hub's send request takes, by the alert's own field name.
@@ -151,6 +162,18 @@ def is_final_rejection(exc: BaseException) -> bool:
     return isinstance(exc, HubRequestError) and hub_rejected_for_good(exc.status)
 
 
+class HeldAlert:
+    """An alert committed held: ``release`` lets it go, with changes to its fields."""
+
+    def __init__(self, outbox: Outbox, alert_id: str) -> None:
+        self.outbox = outbox
+        self.alert_id = alert_id
+
+    async def release(self, changes: Mapping[str, Any]) -> None:
+        """Apply ``changes`` (alert field names, e.g. ``snapshot``) and let it be sent."""
+        await self.outbox.release(self.alert_id, changes)
+
+
 class Outbox:
     """A durable, bounded queue of alerts for the hub (see the module docstring)."""
 
@@ -171,6 +194,7 @@ class Outbox:
         self._db: _OutboxDb | None = None
         self._open_lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self._kick = asyncio.Event()
         self._empty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -211,13 +235,20 @@ class Outbox:
             self._set_state(OutboxState.IDLE)
             self._task = asyncio.get_running_loop().create_task(self._run(), name="push-outbox")
 
-    async def add(self, alert: AlertLike | Mapping[str, Any]) -> str:
-        """Commit ``alert`` to disk (then it will be sent); its id."""
+    async def add(
+        self, alert: AlertLike | Mapping[str, Any], *, hold_seconds: float | None = None
+    ) -> str:
+        """Commit ``alert`` to disk (then it will be sent); its id.
+
+        With ``hold_seconds`` it waits for :meth:`release` that long at most.
+        """
         db = await self._open()
         alert_id = str(uuid.uuid4())
         request = alert_request(alert, alert_id)
+        now = self._clock()
+        held_until = None if hold_seconds is None else now + hold_seconds
         depth, dropped = await asyncio.to_thread(
-            db.insert, alert_id, self._clock(), request, self.settings.max_rows
+            db.insert, alert_id, now, request, self.settings.max_rows, held_until
         )
         self._set_depth(depth)
         if dropped:
@@ -231,9 +262,22 @@ class Outbox:
         self._wake.set()
         return alert_id
 
-    async def push(self, alert: AlertLike | Mapping[str, Any]) -> None:
+    async def release(self, alert_id: str, changes: Mapping[str, Any]) -> None:
+        """Apply ``changes`` to a held alert's request and let it be sent."""
+        db = await self._open()
+        await asyncio.to_thread(db.release, alert_id, alert_request(changes, alert_id))
+        self._wake.set()
+
+    async def push(
+        self, alert: AlertLike | Mapping[str, Any], *, hold_seconds: float | None = None
+    ) -> HeldAlert | None:
         """``add`` as the events engine's push handler (``ActionHandlers(push=...)``)."""
-        await self.add(alert)
+        alert_id = await self.add(alert, hold_seconds=hold_seconds)
+        return None if hold_seconds is None else HeldAlert(self, alert_id)
+
+    def retry_now(self) -> None:
+        """Cut a back-off short: the hub is reachable again."""
+        self._kick.set()
 
     async def wait_empty(self) -> None:
         """Wait until every alert so far has been accepted by the hub (or dropped)."""
@@ -259,6 +303,7 @@ class Outbox:
         while True:
             row = await self._next_row()
             self._set_state(OutboxState.SENDING)
+            self._kick.clear()  # a kick from now on cuts the back-off after this attempt
             try:
                 await self._send(row)
             except _Expired:
@@ -271,7 +316,8 @@ class Outbox:
                     await self._remove(row, "rejected", f"refused by the hub: {_describe(exc)}")
                     continue
                 delays = delays or self._delays()
-                await self._back_off(row, exc, next(delays))
+                if await self._back_off(row, exc, next(delays)):
+                    delays = None  # the hub is back: start the backoff over
                 continue
             delays = None
             self._counts["delivered"] += 1
@@ -282,10 +328,16 @@ class Outbox:
         while True:
             self._wake.clear()  # before reading: an add() from now on wakes the wait below
             row = await asyncio.to_thread(db.head)
+            wait = None
             if row is not None:
-                return row
-            self._set_state(OutboxState.IDLE)
-            await self._wake.wait()
+                wait = 0.0 if row.held_until is None else row.held_until - self._clock()
+                if wait <= 0:
+                    return row
+            else:
+                self._set_state(OutboxState.IDLE)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     async def _send(self, row: _Row) -> None:
         ttl_left = row.ttl_left(self._clock())
@@ -295,7 +347,8 @@ class Outbox:
         async with asyncio.timeout(self.settings.timeout_seconds):
             await self._deliver(request)
 
-    async def _back_off(self, row: _Row, exc: Exception, delay: float) -> None:
+    async def _back_off(self, row: _Row, exc: Exception, delay: float) -> bool:
+        """Wait ``delay`` after a failed delivery; whether ``retry_now`` cut it short."""
         self._counts["retries"] += 1
         self._set_state(OutboxState.BACKING_OFF)
         log.info(
@@ -305,7 +358,10 @@ class Outbox:
             self._depth,
             delay,
         )
-        await asyncio.sleep(delay)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._kick.wait()
+        return self._kick.is_set()
 
     async def _remove(self, row: _Row, counter: str | None, why: str) -> None:
         db = await self._open()
@@ -354,6 +410,7 @@ class _Row:
     alert_id: str
     created_at: float
     request: dict[str, Any]
+    held_until: float | None = None
 
     def ttl_left(self, now: float) -> int | None:
         ttl = self.request.get("ttl")
@@ -370,17 +427,29 @@ class _OutboxDb:
         self._store = PrivateDatabase(path, synchronous="FULL")
         self._lock, self._db = self._store.lock, self._store.connection
         self._transaction = self._store.transaction
-        self._db.execute(_SCHEMA)
+        with self._transaction():
+            self._db.execute(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+            if "held_until" not in columns:  # a file from before holds existed
+                self._db.execute("ALTER TABLE outbox ADD COLUMN held_until REAL")
+            # Holds are promises of this run: what a previous run left held goes as it is.
+            self._db.execute("UPDATE outbox SET held_until = NULL WHERE held_until IS NOT NULL")
 
     def insert(
-        self, alert_id: str, created_at: float, request: dict[str, Any], max_rows: int
+        self,
+        alert_id: str,
+        created_at: float,
+        request: dict[str, Any],
+        max_rows: int,
+        held_until: float | None = None,
     ) -> tuple[int, list[str]]:
         """Add a row, dropping the oldest beyond ``max_rows``; (depth, dropped ids)."""
         text = json.dumps(request, separators=(",", ":"), ensure_ascii=False)
         with self._transaction():
             self._db.execute(
-                "INSERT INTO outbox (alert_id, created_at, request) VALUES (?, ?, ?)",
-                (alert_id, created_at, text),
+                "INSERT INTO outbox (alert_id, created_at, request, held_until) "
+                "VALUES (?, ?, ?, ?)",
+                (alert_id, created_at, text, held_until),
             )
             dropped = [
                 row[0]
@@ -391,13 +460,27 @@ class _OutboxDb:
             self._db.executemany("DELETE FROM outbox WHERE alert_id = ?", [(i,) for i in dropped])
             return self._count(), list(reversed(dropped))
 
+    def release(self, alert_id: str, changes: dict[str, Any]) -> None:
+        """Merge ``changes`` into a row's request and clear its hold."""
+        with self._transaction():
+            row = self._db.execute(
+                "SELECT request FROM outbox WHERE alert_id = ?", (alert_id,)
+            ).fetchone()
+            if row is None:
+                return  # dropped meanwhile (the outbox was full)
+            merged = json.loads(row[0]) | changes
+            self._db.execute(
+                "UPDATE outbox SET request = ?, held_until = NULL WHERE alert_id = ?",
+                (json.dumps(merged, separators=(",", ":"), ensure_ascii=False), alert_id),
+            )
+
     def head(self) -> _Row | None:
         """The oldest row."""
         with self._lock:
             row = self._db.execute(
-                "SELECT alert_id, created_at, request FROM outbox ORDER BY seq LIMIT 1"
+                "SELECT alert_id, created_at, request, held_until FROM outbox ORDER BY seq LIMIT 1"
             ).fetchone()
-        return None if row is None else _Row(row[0], row[1], json.loads(row[2]))
+        return None if row is None else _Row(row[0], row[1], json.loads(row[2]), row[3])
 
     def delete(self, alert_id: str) -> int:
         """Remove one row; the depth left."""

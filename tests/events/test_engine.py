@@ -438,3 +438,131 @@ async def test_control_handler_answers() -> None:
     )
     assert "needs a rule name" in (await trigger({"op": "trigger"}))["error"]
     await engine.drain()
+
+
+# --- "fired" means committed -----------------------------------------------------------------
+
+
+class HoldingRecorder(Recorder):
+    """Durable handlers that can hold: each commit is recorded with what it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.committed: list[tuple[str, dict[str, Any], float | None]] = []
+        self.released: list[tuple[str, dict[str, Any]]] = []
+        self.snapshot_gate = asyncio.Event()
+
+    def holding(self) -> ActionHandlers:
+        recorder = self
+
+        class Held:
+            def __init__(self, what: str) -> None:
+                self.what = what
+
+            async def release(self, changes: Any) -> None:
+                recorder.released.append((self.what, dict(changes)))
+
+        async def post(group: str, payload: dict[str, Any], **hold: float) -> Held | None:
+            self.committed.append((f"post {group}", payload, hold.get("hold_seconds")))
+            return Held(f"post {group}") if hold else None
+
+        async def push(alert: Alert, **hold: float) -> Held | None:
+            self.committed.append(("push", alert.as_json(), hold.get("hold_seconds")))
+            return Held("push") if hold else None
+
+        async def snapshot(event: Event) -> str | None:
+            await self.snapshot_gate.wait()  # a slow camera
+            return "/api/snapshots/abc"
+
+        return ActionHandlers(post=post, push=push, snapshot=snapshot, holds=True)
+
+
+def doorbell(*actions: dict[str, Any]) -> EventRule:
+    push = {"type": "push", "to": ["alice"], "title": "Ring", "body": "at {time}"}
+    return rule(
+        {"type": "manual"}, name="bell", actions=[{"type": "post"}, push, *actions], cooldown=60
+    )
+
+
+async def test_fire_answers_once_posts_and_alerts_are_committed_not_before() -> None:
+    recorder, clock = Recorder(), FakeClock()
+    gate = asyncio.Event()
+
+    async def slow_push(alert: Alert) -> None:
+        await gate.wait()  # the disk is slow
+        recorder.alerts.append(alert)
+
+    engine = engine_for([doorbell()], recorder, clock, actions=recorder.handlers(push=slow_push))
+    fired = asyncio.create_task(engine.fire("bell"))
+    await asyncio.sleep(0.05)
+    assert not fired.done()  # not answered while the alert is not stored
+    gate.set()
+    assert await fired == (FireOutcome.FIRED, [])
+    assert len(recorder.alerts) == 1
+    assert [group for group, _ in recorder.posts] == ["family"]
+    assert await engine.fire("bell") == (FireOutcome.COOLDOWN, [])
+    await engine.drain()
+
+
+async def test_a_failed_commit_is_reported_by_the_control_answer() -> None:
+    recorder, clock = Recorder(), FakeClock()
+
+    async def full_disk(alert: Alert) -> None:
+        raise OSError(28, "No space left on device")
+
+    engine = engine_for([doorbell()], recorder, clock, actions=recorder.handlers(push=full_disk))
+    answer = await engine.control_handlers()["trigger"]({"name": "bell"})
+    assert answer == {
+        "ok": False,
+        "outcome": "fired",
+        "error": "event 'bell' fired, but its push could not be stored; see the agent's log",
+    }
+    await engine.drain()
+
+
+async def test_with_holding_handlers_a_snapshot_does_not_delay_the_commit() -> None:
+    recorder, clock = HoldingRecorder(), FakeClock()
+    engine = engine_for(
+        [doorbell({"type": "snapshot"})], recorder, clock, actions=recorder.holding()
+    )
+    # Answered while the camera is still busy: committed held, link to follow.
+    assert await engine.fire("bell") == (FireOutcome.FIRED, [])
+    assert [(what, hold) for what, _payload, hold in recorder.committed] == [
+        ("post family", 10.0),
+        ("push", 10.0),
+    ]
+    post = recorder.committed[0][1]
+    assert post["snapshot"] is None
+    assert post["at"] == "2024-05-03T12:00:00.000+00:00"  # when it happened, for people
+    assert recorder.released == []
+    recorder.snapshot_gate.set()
+    await engine.drain()
+    assert sorted(recorder.released) == [
+        ("post family", {"snapshot": "/api/snapshots/abc"}),
+        ("push", {"snapshot": "/api/snapshots/abc"}),
+    ]
+
+
+async def test_without_a_snapshot_nothing_is_held() -> None:
+    recorder, clock = HoldingRecorder(), FakeClock()
+    engine = engine_for([doorbell()], recorder, clock, actions=recorder.holding())
+    assert await engine.fire("bell") == (FireOutcome.FIRED, [])
+    await engine.drain()
+    assert [hold for _what, _payload, hold in recorder.committed] == [None, None]
+    assert recorder.released == []
+
+
+async def test_a_snapshot_that_never_comes_releases_without_a_link(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("agent.events.engine.HOLD_SECONDS", 0.05)
+    recorder, clock = HoldingRecorder(), FakeClock()
+    engine = engine_for(
+        [doorbell({"type": "snapshot"})], recorder, clock, actions=recorder.holding()
+    )
+    await engine.fire("bell")
+    await engine.drain()
+    assert sorted(recorder.released) == [
+        ("post family", {"snapshot": None}),
+        ("push", {"snapshot": None}),
+    ]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import sqlite3
 import stat
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -209,3 +212,80 @@ def test_an_alert_mapping_and_an_alert_make_the_same_request() -> None:
     assert request["call"] is True
     assert (request["topic"], request["snapshot"], request["ttl"]) == ("door", "/s/1", 120)
     assert "roles" not in request  # empty lists are left out
+
+
+# -- holds and quick retries ------------------------------------------------------------------
+
+
+async def test_a_held_alert_waits_for_its_snapshot_and_the_ones_behind_it_too(
+    outboxes: Callable[..., Outbox], hub: Hub
+) -> None:
+    box = outboxes()
+    await box.start()
+    held = await box.push(alert(1), hold_seconds=30)
+    assert held is not None
+    await box.add(alert(2))
+    await asyncio.sleep(0.05)
+    assert hub.calls == 0  # committed, but waiting for the link
+    await held.release({"snapshot": "/api/snapshots/abc"})
+    async with asyncio.timeout(TIMEOUT):
+        await box.wait_empty()
+    assert [r["title"] for r in hub.accepted] == ["alert 1", "alert 2"]
+    assert hub.accepted[0]["snapshot"] == "/api/snapshots/abc"
+    assert "snapshot" not in hub.accepted[1]
+
+
+async def test_a_hold_left_by_a_crashed_run_is_not_waited_for(
+    tmp_path: Path, outboxes: Callable[..., Outbox], hub: Hub
+) -> None:
+    first = outboxes()
+    hub.up = False
+    await first.start()
+    await first.push(alert(1), hold_seconds=3600)
+    await first.aclose()  # the agent died while the camera was busy
+    hub.up = True
+    second = outboxes()
+    await second.start()
+    async with asyncio.timeout(TIMEOUT):
+        await second.wait_empty()
+    assert [r["title"] for r in hub.accepted] == ["alert 1"]
+
+
+async def test_retry_now_cuts_a_long_back_off_short(
+    outboxes: Callable[..., Outbox], hub: Hub
+) -> None:
+    slow = OutboxSettings(retry_initial_seconds=3600, retry_cap_seconds=3600, timeout_seconds=2)
+    box = outboxes(slow, jitter=lambda: 1.0)
+    hub.up = False
+    await box.start()
+    await box.add(alert(1))
+    await hub.wait_calls(1)
+    await asyncio.sleep(0.05)
+    assert box.state is OutboxState.BACKING_OFF  # an hour to wait
+    hub.up = True
+    box.retry_now()  # the hub link is back
+    async with asyncio.timeout(TIMEOUT):
+        await box.wait_empty()
+    assert [r["title"] for r in hub.accepted] == ["alert 1"]
+
+
+async def test_an_outbox_file_from_before_holds_is_upgraded(
+    tmp_path: Path, outboxes: Callable[..., Outbox], hub: Hub
+) -> None:
+    path = tmp_path / "outbox.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, alert_id TEXT NOT "
+            "NULL UNIQUE, created_at REAL NOT NULL, request TEXT NOT NULL)"
+        )
+        request = alert_request(alert(7), "old-1")
+        db.execute(
+            "INSERT INTO outbox (alert_id, created_at, request) VALUES (?, ?, ?)",
+            ("old-1", time.time(), json.dumps(request)),
+        )
+    db.close()
+    box = outboxes()
+    await box.start()
+    async with asyncio.timeout(TIMEOUT):
+        await box.wait_empty()
+    assert [r["id"] for r in hub.accepted] == ["old-1"]
