@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 from agent import __version__
 from agent.config import LOG_LEVELS, Settings, check_settings_file, load_settings, parse_duration
 from agent.errors import AccountError, ConfigError, EdgeAgentError
-from agent.hub.accounts import ACCOUNTS_FILE, AccountStore, Role, check_new_password
+from agent.hub.accounts import ACCOUNTS_FILE, Account, AccountStore, Role, check_new_password
 from agent.statedir import resolve_state_dir
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
@@ -132,6 +132,14 @@ def _add_user(commands: _Commands) -> None:
     add.add_argument("name", metavar="NAME")
     add.add_argument("--role", choices=[role.value for role in Role], default=Role.USER.value)
     add.add_argument(
+        "--groups",
+        type=_group_list,
+        default=(),
+        metavar="G1,G2",
+        help="groups it may join, list and post to: names or prefixes ending in * "
+        "(admins hold every group)",
+    )
+    add.add_argument(
         "--password-stdin",
         action="store_true",
         help="read the password from standard input (one trailing newline is dropped); "
@@ -140,15 +148,48 @@ def _add_user(commands: _Commands) -> None:
     add.set_defaults(handler=_cmd_user_add)
     listing = actions.add_parser("list", parents=_options(), help="list accounts")
     listing.set_defaults(handler=_cmd_user_list)
-    remove = actions.add_parser("remove", parents=_options(), help="delete an account")
+    remove = actions.add_parser(
+        "remove", parents=_options(), help="delete an account (its connections close at once)"
+    )
     remove.add_argument("name", metavar="NAME")
     remove.set_defaults(handler=_cmd_user_remove)
+    for verb, text in (
+        ("grant", "let an account join, list and post to groups (names or prefix*)"),
+        ("revoke", "take grants back (its connections leave those groups at once)"),
+    ):
+        change = actions.add_parser(verb, parents=_options(), help=text)
+        change.add_argument("name", metavar="NAME")
+        change.add_argument("groups", nargs="+", metavar="GROUP")
+        change.set_defaults(handler=_cmd_user_grants, verb=verb)
+    password = actions.add_parser(
+        "password",
+        parents=_options(),
+        help="set a new password (every earlier token of the account stops working)",
+    )
+    password.add_argument("name", metavar="NAME")
+    password.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input (one trailing newline is dropped)",
+    )
+    password.set_defaults(handler=_cmd_user_password)
+    role = actions.add_parser(
+        "role", parents=_options(), help="change an account's role (applies to the next frame)"
+    )
+    role.add_argument("name", metavar="NAME")
+    role.add_argument("role", choices=[r.value for r in Role])
+    role.set_defaults(handler=_cmd_user_role)
 
 
 def _add_token(commands: _Commands) -> None:
     token = commands.add_parser(
-        "token", parents=_options(), help="print a new access token (JWT) for an account"
+        "token",
+        parents=_options(),
+        help="print a new access token (JWT) for an account, or revoke its tokens",
+        description="Print a new token for --user. `token revoke --user NAME` instead makes "
+        "every token issued to NAME so far invalid, on HTTP and on open connections.",
     )
+    token.add_argument("action", nargs="?", choices=["revoke"], help="revoke instead of issuing")
     token.add_argument("--user", required=True, metavar="NAME", help="account name")
     token.add_argument(
         "--ttl",
@@ -208,6 +249,13 @@ def _port(text: str) -> int:
     return port
 
 
+def _group_list(text: str) -> tuple[str, ...]:
+    groups = tuple(g.strip() for g in text.split(",") if g.strip())
+    if not groups:
+        raise argparse.ArgumentTypeError(f"{text!r}: name at least one group")
+    return groups
+
+
 def _ttl(text: str) -> int:
     try:
         seconds = parse_duration(text)
@@ -242,7 +290,11 @@ def _cmd_user_add(args: argparse.Namespace) -> int:
     password = _new_password(args)
     with _accounts(state_dir) as store:
         account = store.add(
-            args.name, password, Role(args.role), min_password_length=_min_password_length(args)
+            args.name,
+            password,
+            Role(args.role),
+            groups=args.groups,
+            min_password_length=_min_password_length(args),
         )
     if password is None:
         print(
@@ -255,12 +307,42 @@ def _cmd_user_add(args: argparse.Namespace) -> int:
 def _cmd_user_list(args: argparse.Namespace) -> int:
     with _accounts(_state_dir(args)) as store:
         accounts = store.list()
-    rows = [("NAME", "ROLE", "USER ID")]
-    rows += [(a.name, a.role.value, a.user_id) for a in accounts]
-    name_width = max(len(row[0]) for row in rows)
-    role_width = max(len(row[1]) for row in rows)
-    for name, role, user_id in rows:
-        print(f"{name:<{name_width}}  {role:<{role_width}}  {user_id}")
+    rows = [("NAME", "ROLE", "USER ID", "GROUPS")]
+    rows += [(a.name, a.role.value, a.user_id, _grants_text(a)) for a in accounts]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for *cells, groups in rows:
+        print("  ".join(f"{c:<{w}}" for c, w in zip(cells, widths, strict=True)) + "  " + groups)
+    return EXIT_OK
+
+
+def _grants_text(account: Account) -> str:
+    if account.role is Role.ADMIN:
+        return "* (admin)"
+    return ",".join(account.grants) or "-"
+
+
+def _cmd_user_grants(args: argparse.Namespace) -> int:
+    with _accounts(_state_dir(args)) as store:
+        change = store.grant if args.verb == "grant" else store.revoke
+        grants = change(args.name, args.groups)
+    print(f"{args.name}: {', '.join(grants) or 'no groups'}")
+    return EXIT_OK
+
+
+def _cmd_user_password(args: argparse.Namespace) -> int:
+    password = _new_password(args)
+    if password is None:
+        raise AccountError("Give the new password with --password-stdin or at a terminal.")
+    with _accounts(_state_dir(args)) as store:
+        store.set_password(args.name, password, min_password_length=_min_password_length(args))
+    print(f"{args.name}: new password set; earlier tokens revoked")
+    return EXIT_OK
+
+
+def _cmd_user_role(args: argparse.Namespace) -> int:
+    with _accounts(_state_dir(args)) as store:
+        store.set_role(args.name, Role(args.role))
+    print(f"{args.name}: {args.role}")
     return EXIT_OK
 
 
@@ -275,6 +357,11 @@ def _cmd_token(args: argparse.Namespace) -> int:
     from agent.hub.tokens import TokenIssuer  # lazy: only this command needs jwt
 
     state_dir = _state_dir(args)
+    if args.action == "revoke":
+        with _accounts(state_dir) as store:
+            generation = store.revoke_tokens(args.user)
+        print(f"revoked every token of {args.user} (generation {generation})", file=sys.stderr)
+        return EXIT_OK
     with _accounts(state_dir) as store:
         account = store.get_by_name(args.user)
     if account is None:

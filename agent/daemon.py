@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import ConfigError, EdgeAgentError
+from agent.errors import Codes, ConfigError, EdgeAgentError
 from agent.exposition import Exposition, labelled
 from agent.systemd import AgentStatus, HubLink, Notifier, StatusBoard, start_watchdog
 
@@ -74,6 +74,7 @@ class Agent:
         self.sensing: Sensing | None = None
         self.metrics: MetricsServer | None = None
         self._reconnects = 0
+        self._refusals: set[str] = set()  # hub refusals already logged (one line each)
         self._call_figures: list[CallFigures] = []
         self._figures_task: asyncio.Task[None] | None = None
         self._motion_task: asyncio.Task[None] | None = None
@@ -148,10 +149,20 @@ class Agent:
         accounts, tokens = self.hub.accounts, self.hub.tokens
         device = await asyncio.to_thread(accounts.get_by_name, self.settings.name)
         if device is None:
-            device = await asyncio.to_thread(accounts.add, self.settings.name, None, Role.DEVICE)
+            device = await asyncio.to_thread(
+                accounts.add, self.settings.name, None, Role.DEVICE, groups=self.settings.groups
+            )
+        await self._grant_own_groups(self.settings.groups)
         password_file = await asyncio.to_thread(self._ensure_admin_login)
         _print_login(self.hub.http_url, password_file)
         return self.hub.ws_url, tokens.issue(device, _EMBEDDED_TOKEN_TTL)
+
+    async def _grant_own_groups(self, groups: list[str]) -> None:
+        """The embedded hub is this agent's own: its device account holds the agent's groups."""
+        if self.hub is None or not groups:
+            return
+        await asyncio.to_thread(self.hub.accounts.grant, self.settings.name, groups)
+        await self.hub.access.refresh()
 
     def _ensure_admin_login(self) -> Path | None:
         """Create an ``admin`` login on first start; its password goes to a 0600 file."""
@@ -218,6 +229,7 @@ class Agent:
         if client is None:
             return
         current = client.groups
+        await self._grant_own_groups(wanted)
         for group in [g for g in current if g not in wanted]:
             await client.leave_realtime(group)
         for group in [g for g in wanted if g not in current]:
@@ -235,7 +247,13 @@ class Agent:
             self._connected.clear()
             self._set_link(HubLink.RETRYING)
         elif kind == "error":
-            log.warning("hub: %s", getattr(message, "message", message))
+            text = str(getattr(message, "message", message))
+            if getattr(message, "code", None) != Codes.FORBIDDEN:
+                log.warning("hub: %s", text)
+            elif text not in self._refusals:
+                # A group this device is not granted: said once, with the command that fixes it.
+                self._refusals.add(text)
+                log.error("hub refused: %s", text)
 
     # -- calls -----------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@
      ├── RealtimeError      code + message as in the realtime API reference
      │    └── DeviceNotFoundError   DEVICE_NOT_FOUND, names the device when known
      ├── ConfigError        file, key and line of a bad setting
-     ├── AccountError       unknown user, duplicate name, bad password input
+     ├── AccountError       duplicate name, bad password input, bad grant
+     │    └── AccountNotFoundError  no account of that name (``name``)
      └── AuthError          a token or password that is missing, bad or expired (``reason``)
 
 The reference API's codes and texts are kept exactly (see ``Texts``), so code written
@@ -17,6 +18,7 @@ from pathlib import Path
 
 __all__ = [
     "AccountError",
+    "AccountNotFoundError",
     "AuthError",
     "Codes",
     "ConfigError",
@@ -114,6 +116,14 @@ class ConfigError(EdgeAgentError):
 
 class AccountError(EdgeAgentError):
     """An account operation that cannot be done (unknown user, duplicate name, ...)."""
+
+
+class AccountNotFoundError(AccountError):
+    """No account has the name ``name``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f'No account named "{name}" (see: edge-agent user list).')
+        self.name = name
 
 
 class AuthError(EdgeAgentError):

@@ -159,14 +159,16 @@ def test_user_add_refuses_a_short_password_naming_the_rule(cli: Cli, state: Path
 
 def test_user_list_and_remove(cli: Cli, state: Path) -> None:
     alice = add_user(cli, state, "alice")
-    gate = add_user(cli, state, "gate-7", "--role", "device")
+    gate = add_user(cli, state, "gate-7", "--role", "device", "--groups", "porch,site-*")
+    root = add_user(cli, state, "root", "--role", "admin")
     listing = cli("user", "list", "--state-dir", str(state))
     assert listing.code == 0
     rows = [line.split() for line in listing.out.splitlines()]
     assert rows == [
-        ["NAME", "ROLE", "USER", "ID"],
-        ["alice", "user", alice],
-        ["gate-7", "device", gate],
+        ["NAME", "ROLE", "USER", "ID", "GROUPS"],
+        ["alice", "user", alice, "-"],
+        ["gate-7", "device", gate, "porch,site-*"],
+        ["root", "admin", root, "*", "(admin)"],
     ]
 
     removed = cli("user", "remove", "gate-7", "--state-dir", str(state))
@@ -176,7 +178,76 @@ def test_user_list_and_remove(cli: Cli, state: Path) -> None:
     assert alice in after
     missing = cli("user", "remove", "gate-7", "--state-dir", str(state))
     assert missing.code == 1
-    assert missing.err.strip() == 'edge-agent: No account named "gate-7".'
+    assert missing.err.strip() == (
+        'edge-agent: No account named "gate-7" (see: edge-agent user list).'
+    )
+
+
+def test_user_grant_revoke_and_role(cli: Cli, state: Path) -> None:
+    add_user(cli, state, "bob", "--groups", "friends")
+    granted = cli("user", "grant", "bob", "family", "site-*", "--state-dir", str(state))
+    assert (granted.code, granted.out.strip()) == (0, "bob: family, friends, site-*")
+    revoked = cli("user", "revoke", "bob", "friends", "--state-dir", str(state))
+    assert (revoked.code, revoked.out.strip()) == (0, "bob: family, site-*")
+    not_held = cli("user", "revoke", "bob", "friends", "--state-dir", str(state))
+    assert not_held.code == 1
+    assert "holds no grant friends" in not_held.err
+    bad = cli("user", "grant", "bob", "a*b", "--state-dir", str(state))
+    assert bad.code == 1
+    assert "* may only end" in bad.err
+    bad_list = cli("user", "add", "x", "--groups", ",", "--state-dir", str(state))
+    assert bad_list.code == 2
+    assert "name at least one group" in bad_list.err
+    role = cli("user", "role", "bob", "admin", "--state-dir", str(state))
+    assert (role.code, role.out.strip()) == (0, "bob: admin")
+    nobody = cli("user", "grant", "nobody", "x", "--state-dir", str(state))
+    assert nobody.code == 1
+    assert 'No account named "nobody"' in nobody.err
+
+
+def test_user_password_sets_a_new_one_and_ends_old_tokens(cli: Cli, state: Path) -> None:
+    from agent.hub.accounts import AccountStore
+
+    add_user(cli, state, "alice")
+    args = ("user", "password", "alice", "--password-stdin", "--state-dir", str(state))
+    short = cli(*args, stdin="short\n")
+    assert short.code == 1
+    assert "at least 12 characters" in short.err
+    changed = cli(*args, stdin="a much better password\n")
+    assert changed.code == 0
+    assert "earlier tokens revoked" in changed.out
+    store = AccountStore(state / "accounts.db")
+    try:
+        assert store.verify_password("alice", "a much better password") is not None
+        account = store.get_by_name("alice")
+    finally:
+        store.close()
+    assert account is not None
+    assert account.token_generation == 1
+    nothing = cli("user", "password", "alice", "--state-dir", str(state))
+    assert nothing.code == 1
+    assert "--password-stdin" in nothing.err
+
+
+def test_token_revoke_invalidates_earlier_tokens(cli: Cli, state: Path) -> None:
+    from agent.hub.accounts import AccountStore
+    from agent.hub.tokens import TokenIssuer
+
+    add_user(cli, state, "alice")
+    token = cli("token", "--user", "alice", "--state-dir", str(state)).out.strip()
+    revoked = cli("token", "revoke", "--user", "alice", "--state-dir", str(state))
+    assert revoked.code == 0
+    assert "revoked every token of alice (generation 1)" in revoked.err
+    store = AccountStore(state / "accounts.db")
+    try:
+        account = store.get_by_name("alice")
+    finally:
+        store.close()
+    assert account is not None
+    claims = TokenIssuer.from_state_dir(state).verify(token)
+    assert claims.generation == 0 != account.token_generation
+    fresh = cli("token", "--user", "alice", "--state-dir", str(state)).out.strip()
+    assert TokenIssuer.from_state_dir(state).verify(fresh).generation == 1
 
 
 def test_state_dir_comes_from_settings_then_xdg(cli: Cli, tmp_path: Path) -> None:

@@ -284,7 +284,7 @@ async def hub(tmp_path: Path) -> AsyncIterator[HubServer]:
 async def _token(hub: HubServer, name: str) -> tuple[Account, str]:
     account = await asyncio.to_thread(hub.accounts.get_by_name, name)
     if account is None:
-        account = await asyncio.to_thread(hub.accounts.add, name, None, Role.DEVICE)
+        account = await asyncio.to_thread(hub.accounts.add, name, None, Role.DEVICE, groups=["*"])
     return account, hub.tokens.issue(account, 3600)
 
 
@@ -715,8 +715,8 @@ async def test_reconnects_rejoins_and_receives_after_a_hub_restart(tmp_path: Pat
     state.mkdir(mode=0o700)
     accounts = AccountStore(state / ACCOUNTS_FILE)
     issuer = TokenIssuer.from_state_dir(state)
-    alice = accounts.add("alice", None, Role.DEVICE)
-    bob = accounts.add("bob", None, Role.USER)
+    alice = accounts.add("alice", None, Role.DEVICE, groups=["*"])
+    bob = accounts.add("bob", None, Role.USER, groups=["*"])
     accounts.close()
 
     hub = HubProcess(state)

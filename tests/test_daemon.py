@@ -81,11 +81,13 @@ def free_port() -> int:
         return port
 
 
-def mint(state_dir: Path, name: str, role: Role = Role.USER) -> tuple[str, str]:
-    """An account and a token for it, made in the hub's state directory."""
+def mint(
+    state_dir: Path, name: str, role: Role = Role.USER, groups: tuple[str, ...] = ("site",)
+) -> tuple[str, str]:
+    """An account granted ``groups`` and a token for it, made in the hub's state directory."""
     store = AccountStore(state_dir / "accounts.db")
     try:
-        account = store.get_by_name(name) or store.add(name, None, role)
+        account = store.get_by_name(name) or store.add(name, None, role, groups=groups)
     finally:
         store.close()
     return account.user_id, TokenIssuer.from_state_dir(state_dir).issue(account, 3600)
@@ -127,7 +129,7 @@ async def test_run_with_embedded_hub_joins_groups_and_exits_0(
         http_url = await read_url(agent, "stdout")
         password_file = state / "admin-password"
         assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
-        viewer_id, token = mint(state, "viewer")
+        viewer_id, token = mint(state, "viewer", groups=("home", "porch"))
         inbox: asyncio.Queue[RealtimeMessage] = asyncio.Queue()
         viewer = RealtimeClient(http_url.replace("http", "ws") + "/ws", token=token)
         watcher_factory.append(viewer)
@@ -144,6 +146,7 @@ async def test_run_with_embedded_hub_joins_groups_and_exits_0(
             store.close()
         assert device is not None
         assert (device.role, device.user_id) == (Role.DEVICE, device_id)
+        assert device.grants == ("home", "porch")  # the embedded hub grants its own groups
         # The password is kept out of everything the agent printed.
         password = password_file.read_text().strip()
 
@@ -184,7 +187,8 @@ async def test_agent_stays_up_through_hub_restarts(
         env=clean_env(
             tmp_path,
             EDGE_AGENT_NAME="field-1",
-            EDGE_AGENT_GROUPS='["site"]',
+            # "secret" is not granted: the agent says so once, and carries on in "site".
+            EDGE_AGENT_GROUPS='["site", "secret"]',
             EDGE_AGENT_CONNECT__URL=f"ws://127.0.0.1:{port}/ws",
             EDGE_AGENT_CONNECT__TOKEN=device_token,
             EDGE_AGENT_STATE_DIR=str(tmp_path / "agent-state"),
@@ -208,9 +212,13 @@ async def test_agent_stays_up_through_hub_restarts(
             await viewer.close_realtime()
         assert agent.returncode is None  # still running after two hub restarts
     finally:
-        agent_code = await stop(agent)
+        agent_code, agent_output = await stop_with_output(agent)
         await stop(hub)
     assert agent_code == 0
+    refusals = [line for line in agent_output.splitlines() if "not granted" in line]
+    assert len(refusals) == 1, refusals  # one line, although it rejoined after each restart
+    assert '"secret"' in refusals[0]
+    assert "edge-agent user grant field-1 secret" in refusals[0]
 
 
 async def wait_for_member(
@@ -298,7 +306,9 @@ async def test_motion_in_the_camera_image_fires_its_rule(tmp_path: Path) -> None
             await agent.wait_connected()
         assert agent.hub is not None
         inbox: asyncio.Queue[RealtimeMessage] = asyncio.Queue()
-        account = await asyncio.to_thread(agent.hub.accounts.add, "watcher", None, Role.USER)
+        account = await asyncio.to_thread(
+            agent.hub.accounts.add, "watcher", None, Role.USER, groups=["yard"]
+        )
         watcher = RealtimeClient(agent.hub.ws_url, token=agent.hub.tokens.issue(account, 600))
         await watcher.connect_realtime(inbox.put_nowait)
         await watcher.join_realtime("yard")

@@ -5,6 +5,11 @@ people log in with and what settings use). Passwords are hashed with scrypt (RFC
 memory-hard KDF, with a per-account salt, and compared in constant time. An account without
 a password (a device that only ever uses minted tokens) cannot log in.
 
+Each account holds group grants (:mod:`agent.hub.grants`) and a token generation: tokens
+are issued with the current generation, and bumping it (``revoke_tokens``, a password
+change) makes every earlier token invalid. Every change bumps the store's ``revision``,
+which running hubs poll to apply it to open connections (:mod:`agent.hub.access`).
+
 The methods are synchronous; async callers wrap them in ``asyncio.to_thread`` (the hub
 runs ``verify_password``, a deliberately slow scrypt, on a pool of its own:
 :mod:`agent.hub.login`). One store may be used from several threads (a lock serialises
@@ -25,11 +30,13 @@ import secrets
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from agent.errors import AccountError
+from agent.errors import AccountError, AccountNotFoundError
+from agent.hub.grants import check_grant
 from agent.protocol import is_user_id
 from agent.storage import PrivateDatabase
 
@@ -60,15 +67,38 @@ _SCRYPT_P: Final = 1
 _HASH_BYTES: Final = 32
 _SALT_BYTES: Final = 16
 
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS accounts (
-    user_id TEXT PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    role TEXT NOT NULL,
-    password_hash TEXT,
-    created_at REAL NOT NULL
+# Every change to accounts, grants or token generations bumps ``revision`` in the same
+# transaction: hubs (this process or another node on the same database) poll it to apply
+# changes to open connections.
+_SCHEMA: Final = (
+    """
+    CREATE TABLE IF NOT EXISTS accounts (
+        user_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL,
+        password_hash TEXT,
+        created_at REAL NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS grants (
+        user_id TEXT NOT NULL,
+        grant_pattern TEXT NOT NULL,
+        PRIMARY KEY (user_id, grant_pattern)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS account_meta (
+        key TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    )
+    """,
+    "INSERT OR IGNORE INTO account_meta VALUES ('revision', 0)",
 )
-"""
+# Added after the first release: an older file gets the column on open.
+_GENERATION_COLUMN: Final = (
+    "ALTER TABLE accounts ADD COLUMN token_generation INTEGER NOT NULL DEFAULT 0"
+)
 
 
 class Role(enum.StrEnum):
@@ -87,6 +117,9 @@ class Account:
     name: str
     role: Role
     created_at: float
+    grants: tuple[str, ...] = ()
+    # Tokens carry the generation they were issued in; revoking bumps it (see tokens.py).
+    token_generation: int = 0
 
 
 class AccountStore:
@@ -96,7 +129,12 @@ class AccountStore:
         self.path = path
         self._store = PrivateDatabase(path)
         self._lock, self._db = self._store.lock, self._store.connection
-        self._db.execute(_SCHEMA)
+        with self._store.transaction() as db:
+            for statement in _SCHEMA:
+                db.execute(statement)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(accounts)")}
+            if "token_generation" not in columns:
+                db.execute(_GENERATION_COLUMN)
 
     def add(
         self,
@@ -104,29 +142,100 @@ class AccountStore:
         password: str | None,
         role: Role = Role.USER,
         *,
+        groups: Iterable[str] = (),
         min_password_length: int = MIN_PASSWORD_LENGTH,
     ) -> Account:
-        """Create an account; ``AccountError`` on a bad or taken name, or a password shorter
-        than ``min_password_length``."""
+        """Create an account granted ``groups``; ``AccountError`` on a bad or taken name,
+        a bad grant, or a password shorter than ``min_password_length``."""
         _check_name(name)
+        grants = _check_grants(groups)
         digest = None if password is None else _new_hash(password, min_password_length)
-        account = Account(str(uuid.uuid4()), name, Role(role), time.time())
+        account = Account(str(uuid.uuid4()), name, Role(role), time.time(), grants)
         try:
-            with self._lock:
-                self._db.execute(
-                    "INSERT INTO accounts VALUES (?, ?, ?, ?, ?)",
+            with self._store.transaction() as db:
+                db.execute(
+                    "INSERT INTO accounts (user_id, name, role, password_hash, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
                     (account.user_id, name, account.role.value, digest, account.created_at),
                 )
+                _insert_grants(db, account.user_id, grants)
+                _bump_revision(db)
         except sqlite3.IntegrityError as exc:
             raise AccountError(f'An account named "{name}" already exists.') from exc
         return account
 
     def remove(self, name: str) -> None:
-        """Delete the account ``name``; ``AccountError`` if there is none."""
+        """Delete the account ``name`` and its grants; ``AccountError`` if there is none."""
+        with self._store.transaction() as db:
+            user_id = _user_id_of(db, name)
+            db.execute("DELETE FROM grants WHERE user_id = ?", (user_id,))
+            db.execute("DELETE FROM accounts WHERE user_id = ?", (user_id,))
+            _bump_revision(db)
+
+    def grant(self, name: str, groups: Iterable[str]) -> tuple[str, ...]:
+        """Grant ``groups`` (names or ``prefix*``) to ``name``; its grants after."""
+        grants = _check_grants(groups)
+        with self._store.transaction() as db:
+            user_id = _user_id_of(db, name)
+            _insert_grants(db, user_id, grants)
+            _bump_revision(db)
+            return _grants_of(db, user_id)
+
+    def revoke(self, name: str, groups: Iterable[str]) -> tuple[str, ...]:
+        """Take ``groups`` back from ``name`` (exactly as granted); its grants after."""
+        grants = _check_grants(groups)
+        with self._store.transaction() as db:
+            user_id = _user_id_of(db, name)
+            held = set(_grants_of(db, user_id))
+            missing = [g for g in grants if g not in held]
+            if missing:
+                raise AccountError(
+                    f'"{name}" holds no grant {", ".join(missing)} '
+                    f"(it holds: {', '.join(sorted(held)) or 'none'})."
+                )
+            db.executemany(
+                "DELETE FROM grants WHERE user_id = ? AND grant_pattern = ?",
+                [(user_id, g) for g in grants],
+            )
+            _bump_revision(db)
+            return _grants_of(db, user_id)
+
+    def set_role(self, name: str, role: Role) -> None:
+        """Change the role of ``name``; open connections follow from their next frame."""
+        with self._store.transaction() as db:
+            user_id = _user_id_of(db, name)
+            db.execute(
+                "UPDATE accounts SET role = ? WHERE user_id = ?", (Role(role).value, user_id)
+            )
+            _bump_revision(db)
+
+    def revoke_tokens(self, name: str) -> int:
+        """Invalidate every token issued to ``name`` so far; the new generation."""
+        with self._store.transaction() as db:
+            user_id = _user_id_of(db, name)
+            db.execute(
+                "UPDATE accounts SET token_generation = token_generation + 1 WHERE user_id = ?",
+                (user_id,),
+            )
+            _bump_revision(db)
+            row = db.execute(
+                "SELECT token_generation FROM accounts WHERE user_id = ?", (user_id,)
+            ).fetchone()
+        return int(row[0])
+
+    def revision(self) -> int:
+        """A number that moves whenever an account, grant or token generation changes."""
         with self._lock:
-            cursor = self._db.execute("DELETE FROM accounts WHERE name = ?", (name,))
-        if cursor.rowcount == 0:
-            raise AccountError(f'No account named "{name}".')
+            row = self._db.execute(
+                "SELECT value FROM account_meta WHERE key = 'revision'"
+            ).fetchone()
+        return int(row[0])
+
+    def snapshot(self) -> tuple[int, builtins.list[Account]]:
+        """The revision and every account, read in one transaction."""
+        with self._store.transaction() as db:
+            row = db.execute("SELECT value FROM account_meta WHERE key = 'revision'").fetchone()
+            return int(row[0]), _select(db, "ORDER BY name", ())
 
     def list(self) -> builtins.list[Account]:
         """Every account, by name."""
@@ -164,24 +273,75 @@ class AccountStore:
         self, name: str, password: str | None, *, min_password_length: int = MIN_PASSWORD_LENGTH
     ) -> None:
         """Replace the password of ``name`` (``None`` disables password login);
-        ``AccountError`` if it is shorter than ``min_password_length``."""
+        ``AccountError`` if it is shorter than ``min_password_length``.
+
+        Every token issued before is revoked: a changed password ends old sessions.
+        """
         digest = None if password is None else _new_hash(password, min_password_length)
-        with self._lock:
-            cursor = self._db.execute(
-                "UPDATE accounts SET password_hash = ? WHERE name = ?", (digest, name)
+        with self._store.transaction() as db:
+            user_id = _user_id_of(db, name)
+            db.execute(
+                "UPDATE accounts SET password_hash = ?, token_generation = token_generation + 1 "
+                "WHERE user_id = ?",
+                (digest, user_id),
             )
-        if cursor.rowcount == 0:
-            raise AccountError(f'No account named "{name}".')
+            _bump_revision(db)
 
     def close(self) -> None:
         """Close the database."""
         self._store.close()
 
     def _select(self, where: str, args: tuple[str, ...]) -> builtins.list[Account]:
-        sql = f"SELECT user_id, name, role, created_at FROM accounts {where}"  # noqa: S608 (fixed clauses)
         with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
-        return [Account(r[0], r[1], Role(r[2]), r[3]) for r in rows]
+            return _select(self._db, where, args)
+
+
+def _select(db: sqlite3.Connection, where: str, args: tuple[str, ...]) -> list[Account]:
+    sql = (
+        "SELECT user_id, name, role, created_at, token_generation FROM accounts "  # noqa: S608 (fixed clauses)
+        + where
+    )
+    rows = db.execute(sql, args).fetchall()
+    grants: dict[str, list[str]] = {}
+    if rows:
+        for user_id, pattern in db.execute(
+            "SELECT user_id, grant_pattern FROM grants ORDER BY grant_pattern"
+        ):
+            grants.setdefault(user_id, []).append(pattern)
+    return [
+        Account(r[0], r[1], Role(r[2]), r[3], tuple(grants.get(r[0], ())), int(r[4]))
+        for r in rows
+    ]
+
+
+def _user_id_of(db: sqlite3.Connection, name: str) -> str:
+    row = db.execute("SELECT user_id FROM accounts WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        raise AccountNotFoundError(name)
+    return str(row[0])
+
+
+def _grants_of(db: sqlite3.Connection, user_id: str) -> tuple[str, ...]:
+    rows = db.execute(
+        "SELECT grant_pattern FROM grants WHERE user_id = ? ORDER BY grant_pattern", (user_id,)
+    )
+    return tuple(row[0] for row in rows)
+
+
+def _insert_grants(db: sqlite3.Connection, user_id: str, grants: Iterable[str]) -> None:
+    db.executemany(
+        "INSERT OR IGNORE INTO grants VALUES (?, ?)", [(user_id, grant) for grant in grants]
+    )
+
+
+def _bump_revision(db: sqlite3.Connection) -> None:
+    db.execute("UPDATE account_meta SET value = value + 1 WHERE key = 'revision'")
+
+
+def _check_grants(groups: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(groups, str):
+        raise AccountError(f"Grants must be a list of groups, got the string {groups!r}.")
+    return tuple(dict.fromkeys(check_grant(group) for group in groups))
 
 
 def hash_password(password: str) -> str:

@@ -8,6 +8,7 @@ still exist.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,9 @@ from starlette.staticfiles import StaticFiles
 from agent import __version__
 from agent.errors import AuthError, Codes, RealtimeError
 from agent.hub import listing
+from agent.hub.access import Access, AccessTable
 from agent.hub.accounts import Account, AccountStore, Role
+from agent.hub.accounts_api import add_account_routes
 from agent.hub.backplane import Backplane
 from agent.hub.connection import ASGISend
 from agent.hub.devices_api import DEFAULT_VIEWER_GROUPS, IceServerItem, add_device_routes
@@ -69,6 +72,7 @@ class HubServices:
     """What the application serves from."""
 
     accounts: AccountStore
+    access: AccessTable
     tokens: TokenIssuer
     backplane: Backplane
     metrics: HubMetrics
@@ -205,12 +209,12 @@ class UsersPage(BaseModel):
 
 
 class Health(BaseModel):
-    """Liveness and size of the hub."""
+    """Liveness of the hub, and its size for operators."""
 
     status: str
     version: str
-    connections: int
-    groups: int
+    connections: int | None = Field(None, description="Only for admins and local scrapers.")
+    groups: int | None = Field(None, description="Only for admins and local scrapers.")
 
 
 _ERRORS: Final[dict[int | str, dict[str, Any]]] = {
@@ -232,6 +236,7 @@ class HubApplication:
             backplane=services.backplane,
             tokens=services.tokens,
             accounts=services.accounts,
+            access=services.access,
             limits=services.limits,
             metrics=services.metrics,
             push=services.push,
@@ -258,10 +263,15 @@ def create_app(services: HubServices) -> FastAPI:
     )
     _add_error_handlers(app)
     _add_api_routes(app, services)
+    _add_listing_routes(app, services)
+    _add_operations_routes(app, services)
+    add_account_routes(app, services.accounts, services.access, current_account=_current_account)
     if services.push is not None:
         add_push_routes(app, services.push, current_account=_current_account)
     if services.snapshots is not None:
-        add_snapshot_routes(app, services.snapshots, current_account=_current_account)
+        add_snapshot_routes(
+            app, services.snapshots, services.access, current_account=_current_account
+        )
     add_device_routes(
         app,
         services,
@@ -295,6 +305,8 @@ async def _current_account(
     account = await asyncio.to_thread(services.accounts.get_by_id, claims.user_id)
     if account is None:
         raise AuthError("The token's account no longer exists.", reason="invalid")
+    if claims.generation != account.token_generation:
+        raise AuthError("The token has been revoked; get a new one.", reason="invalid")
     return account
 
 
@@ -344,13 +356,19 @@ def _add_api_routes(app: FastAPI, services: HubServices) -> None:
 
     @app.get("/api/users/{user_id}", responses=_ERRORS, tags=["accounts"])
     async def user(user_id: str, account: Authed) -> Me:
-        """Name and role of an account: for admins, and devices applying their call policy."""
+        """Name and role of an account: for admins, and devices applying their call policy
+        to accounts they share a group with."""
         if account.role is Role.USER:
             raise RealtimeError(Codes.FORBIDDEN, "Only admins and devices may look up accounts.")
         found = await asyncio.to_thread(services.accounts.get_by_id, user_id)
-        if found is None:
+        # An account the caller may not reach reads as absent: ids are not probed this way.
+        if found is None or not Access.of(account).shares_group_with(Access.of(found)):
             raise RealtimeError(Codes.NOT_FOUND, f'No account has the user id "{user_id}".')
         return Me(user_id=found.user_id, name=found.name, role=found.role)
+
+
+def _add_listing_routes(app: FastAPI, services: HubServices) -> None:
+    """getRealtimeGroups and getRealtimeUsers: only groups the caller is granted."""
 
     @app.post("/api/realtime/groups", responses=_ERRORS, tags=["realtime"])
     async def realtime_groups(
@@ -360,7 +378,13 @@ def _add_api_routes(app: FastAPI, services: HubServices) -> None:
         params = _params(body)
         query = listing.parse_group_query(params)
         page = listing.parse_page_request(params)
-        result = listing.list_groups(query, await services.backplane.group_counts(), page)
+        access = Access.of(account)
+        counts = {
+            group: n
+            for group, n in (await services.backplane.group_counts()).items()
+            if access.may_use(group)
+        }
+        result = listing.list_groups(query, counts, page)
         items = [GroupItem(group=r.group, number_of_users=r.number_of_users) for r in result.items]
         return GroupsPage(list=items, startKey=result.start_key, endOfList=result.end_of_list)
 
@@ -372,25 +396,78 @@ def _add_api_routes(app: FastAPI, services: HubServices) -> None:
         params = _params(body)
         query = listing.parse_user_query(params)
         page = listing.parse_page_request(params)
+        if not Access.of(account).may_use(query.group):
+            raise RealtimeError(
+                Codes.FORBIDDEN, f'Group "{query.group}" is not granted to "{account.name}".'
+            )
         members = await services.backplane.members(query.group)
         result = listing.list_users(query, ((m.user_id, m.scid) for m in members), page)
         items = [UserItem(user_id=r.user_id, connection_id=r.connection_id) for r in result.items]
         return UsersPage(list=items, startKey=result.start_key, endOfList=result.end_of_list)
 
+
+def _add_operations_routes(app: FastAPI, services: HubServices) -> None:
+    """Liveness for anyone; the figures for operators (see :func:`_is_operator`)."""
+
     @app.get("/health", tags=["operations"])
-    async def health() -> Health:
-        """Whether the hub is up, and how many connections and groups it has."""
+    async def health(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Health:
+        """Whether the hub is up; connection and group counts only for operators."""
+        if not await _is_operator(request, credentials):
+            return Health(status="ok", version=__version__)
         connections, groups = await services.backplane.stats()
         return Health(status="ok", version=__version__, connections=connections, groups=groups)
 
-    @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
-    async def metrics() -> PlainTextResponse:
-        """Prometheus text exposition of the hub's counters."""
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        tags=["operations"],
+        responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}},
+    )
+    async def metrics(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> PlainTextResponse:
+        """Prometheus text exposition of the hub's counters: admins, or a local scraper."""
+        if not await _is_operator(request, credentials):
+            raise AuthError(
+                "Metrics are for admins (a bearer token) or a scraper on this machine.",
+                reason="missing",
+            )
         connections, groups = await services.backplane.stats()
         text = services.metrics.render(connections=connections, groups=groups)
         if services.push is not None:
             text += services.push.metrics.render(pending=services.push.pending)
         return PlainTextResponse(text, media_type=CONTENT_TYPE)
+
+
+_FORWARDING_HEADERS: Final = ("forwarded", "x-forwarded-for", "x-real-ip")
+
+
+async def _is_operator(
+    request: Request, credentials: HTTPAuthorizationCredentials | None
+) -> bool:
+    """An admin's token, or a request from this machine that no proxy forwarded.
+
+    A token that is not an admin's is refused (403) rather than treated as anonymous.
+    """
+    if credentials is not None:
+        account = await _current_account(request, credentials)
+        if account.role is not Role.ADMIN:
+            raise RealtimeError(Codes.FORBIDDEN, "Only admins may read the hub's figures.")
+        return True
+    client = request.client
+    local = client is not None and _is_loopback(client.host)
+    return local and not any(h in request.headers for h in _FORWARDING_HEADERS)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -30,6 +30,7 @@ from fastapi import Depends, FastAPI, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.routing import Mount
 
+from agent.hub.access import Access
 from agent.hub.accounts import Account, Role
 from agent.hub.backplane import Backplane, Member
 from agent.protocol import CID_PREFIX
@@ -151,7 +152,8 @@ async def online_devices(
 ) -> list[DeviceItem]:
     """The devices sharing a group with one of ``caller``'s connections, by name."""
     backplane = services.backplane
-    groups = await _groups_of_user(backplane, caller.user_id)
+    # Only groups the caller is granted now (a revocation may not have reached every node).
+    groups = Access.of(caller).visible_groups(await _groups_of_user(backplane, caller.user_id))
     if only_group is not None:
         groups = [g for g in groups if g == only_group]
     found = _collect(await _members_by_group(backplane, groups), exclude=caller.user_id)

@@ -67,7 +67,7 @@ class CloseCode(enum.IntEnum):
     POLICY = 1008  # too many bad frames
     TOO_BIG = 1009  # a frame over max_frame_bytes (sent by the WebSocket layer)
     SERVICE_RESTART = 1012  # the hub is stopping (sent by uvicorn): reconnect
-    UNAUTHORIZED = 4401  # only where a refusal before the upgrade is impossible
+    UNAUTHORIZED = 4401  # account removed or token revoked (or refused where no HTTP 401 can be)
     IDLE = 4408  # no inbound traffic for idle_timeout_seconds
     SLOW_READER = 4409  # the outbound queue overflowed max_outbound_bytes
     TOO_MANY_CONNECTIONS = 4429  # only where a refusal before the upgrade is impossible

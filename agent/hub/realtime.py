@@ -12,6 +12,14 @@ join is done); USER_LEFT goes to every member, the leaver included, before it is
 USER_DISCONNECTED goes to the remaining members. Every outbound frame is encoded once and
 the same text is queued to each recipient.
 
+Access follows the grants (:mod:`agent.hub.access`): a join to a group the account is not
+granted, and a private message or ``rtc`` frame to someone the sender shares no granted
+group with, get ``#error`` FORBIDDEN and nothing else happens. The account's current role
+and grants are looked up for every frame. When accounts change (removed, grants revoked,
+tokens revoked) the open connections are brought in line at once: a removed account's or a
+revoked token's connections close with 4401; a connection leaves a group it is no longer
+granted (members get the usual USER_LEFT notice) and is told with ``#error`` FORBIDDEN.
+
 ``#error`` frames (``{"#error": TEXT, "#code": CODE}``; the connection stays open):
 INVALID_REQUEST for malformed JSON, an unknown action, a binary frame, a broadcast to a
 group not joined (the reference's text), too many groups; INVALID_PARAMETER for a missing
@@ -35,6 +43,7 @@ from typing import Any, Final
 from urllib.parse import parse_qs
 
 from agent.errors import AuthError, Codes, Texts
+from agent.hub.access import Access, AccessTable
 from agent.hub.accounts import Account, AccountStore
 from agent.hub.backplane import Backplane, Member
 from agent.hub.connection import ASGISend, Connection, ConnState
@@ -92,11 +101,16 @@ class RealtimeEndpoint:
         backplane: Backplane,
         tokens: TokenIssuer,
         accounts: AccountStore,
+        access: AccessTable,
         limits: LimitSettings,
         metrics: HubMetrics,
         push: PushService | None = None,
     ) -> None:
         self._push = push
+        self._access = access
+        # This node's open connections and the token generation each was opened with.
+        self._local: dict[str, tuple[Connection, int]] = {}
+        access.subscribe(self._apply_access)
         self._backplane = backplane
         self._tokens = tokens
         self._accounts = accounts
@@ -128,6 +142,9 @@ class RealtimeEndpoint:
 
     async def _open(self, scope: MutableMapping[str, Any], send: ASGISend) -> Connection:
         account = await self._authenticate(scope)
+        known = self._access.get(account.user_id)
+        if known is None or known != Access.of(account):
+            await self._access.refresh()  # a change the next poll would bring: bring it now
         member = Member(account.user_id, secrets.token_urlsafe(_SCID_BYTES), account.name)
         conn = Connection(member, send, limits=self._limits, metrics=self._metrics)
         cap = self._limits.max_connections_per_user
@@ -138,6 +155,7 @@ class RealtimeEndpoint:
                 f'User "{account.name}" already has {cap} connections; close one first.',
                 CloseCode.TOO_MANY_CONNECTIONS,
             )
+        self._local[member.scid] = (conn, account.token_generation)
         return conn
 
     async def _authenticate(self, scope: MutableMapping[str, Any]) -> Account:
@@ -151,6 +169,8 @@ class RealtimeEndpoint:
         account = await asyncio.to_thread(self._accounts.get_by_id, claims.user_id)
         if account is None:
             raise _unauthorized("The token's account no longer exists.")
+        if claims.generation != account.token_generation:
+            raise _unauthorized("The token has been revoked; get a new one.")
         return account
 
     async def _refuse(
@@ -184,6 +204,7 @@ class RealtimeEndpoint:
             if not conn.reader_cancelled_by_fail():
                 raise
         finally:
+            self._local.pop(conn.scid, None)
             await self._disconnect(conn)
             await conn.finish()
 
@@ -218,23 +239,30 @@ class RealtimeEndpoint:
             await self._dispatch(conn, action)
 
     async def _dispatch(self, conn: Connection, action: ClientAction) -> None:
+        access = self._access.get(conn.member.user_id)
+        if access is None:
+            conn.fail(CloseCode.UNAUTHORIZED, "The account no longer exists.")
+            return
         match action:
             case Broadcast():
-                await self._broadcast(conn, action)
+                await self._broadcast(conn, access, action)
             case SendMessage():
-                await self._private(conn, action)
+                await self._private(conn, access, action)
             case Rtc():
-                await self._rtc(conn, action)
+                await self._rtc(conn, access, action)
             case JoinRoom():
-                await self._join(conn, action)
+                await self._join(conn, access, action)
             case LeaveRoom():
                 await self._leave(conn, action.rid)
             case KeepAlive():
                 pass  # admit() already refreshed the idle clock
 
-    async def _broadcast(self, conn: Connection, action: Broadcast) -> None:
+    async def _broadcast(self, conn: Connection, access: Access, action: Broadcast) -> None:
         if action.rid not in conn.groups:
             conn.error(Codes.INVALID_REQUEST, Texts.not_joined(action.rid))
+            return
+        if not access.may_use(action.rid):
+            _refuse_group(conn, action.rid)
             return
         frame = HubFrame(
             FrameKind.MESSAGE, action.content, conn.member.user_id, conn.scid, action.rid
@@ -246,9 +274,14 @@ class RealtimeEndpoint:
             others = {m.user_id for m in members} - {conn.member.user_id}
             self._push.notify_users(others, action.notification, is_connected=self._connected)
 
-    async def _private(self, conn: Connection, action: SendMessage) -> None:
+    async def _private(self, conn: Connection, access: Access, action: SendMessage) -> None:
         pushing = action.notification is not None and self._push is not None
         recipient = await self._recipient_id(action.uid, offline_too=pushing)
+        # An id no account has is left to the NOT_FOUND answer below.
+        known = self._access.get(recipient) if recipient is not None else None
+        if known is not None and not self._may_reach(access, known):
+            conn.error(Codes.FORBIDDEN, _no_shared_group(action.uid))
+            return
         frame = HubFrame(FrameKind.PRIVATE, action.content, conn.member.user_id, conn.scid)
         text = encode_hub_frame(frame)
         reached = 0
@@ -276,12 +309,28 @@ class RealtimeEndpoint:
     async def _connected(self, user_id: str) -> bool:
         return bool(await self._backplane.user_connections(user_id))
 
-    async def _rtc(self, conn: Connection, action: Rtc) -> None:
+    @staticmethod
+    def _may_reach(access: Access, recipient: Access) -> bool:
+        return recipient.user_id == access.user_id or access.shares_group_with(recipient)
+
+    async def _rtc(self, conn: Connection, access: Access, action: Rtc) -> None:
+        cid = f"{CID_PREFIX}{action.scid}"
+        target = await self._backplane.connection(action.scid)
+        if target is None:
+            conn.error(Codes.NOT_FOUND, f'Connection "{cid}" is not connected.')
+            return
+        recipient = self._access.get(target.user_id)
+        if recipient is None or not self._may_reach(access, recipient):
+            conn.error(Codes.FORBIDDEN, _no_shared_group(cid))
+            return
         frame = HubFrame(FrameKind.RTC, action.content, conn.member.user_id, conn.scid)
         if not await self._backplane.publish_connection(action.scid, encode_hub_frame(frame)):
-            conn.error(Codes.NOT_FOUND, f'Connection "{CID_PREFIX}{action.scid}" is not connected.')
+            conn.error(Codes.NOT_FOUND, f'Connection "{cid}" is not connected.')
 
-    async def _join(self, conn: Connection, action: JoinRoom) -> None:
+    async def _join(self, conn: Connection, access: Access, action: JoinRoom) -> None:
+        if action.rid is not None and not access.may_use(action.rid):
+            _refuse_group(conn, action.rid)  # before leaving anything: a refusal changes nothing
+            return
         for group in list(conn.groups):
             if action.rid is None or (not action.keep and group != action.rid):
                 await self._leave(conn, group)
@@ -315,6 +364,23 @@ class RealtimeEndpoint:
             notice = self._notice(conn.member, group, Notice.USER_DISCONNECTED)
             await self._backplane.publish_group(group, notice)
 
+    async def _apply_access(self, table: AccessTable) -> None:
+        """Bring this node's open connections in line with changed accounts."""
+        for conn, generation in list(self._local.values()):
+            access = table.get(conn.member.user_id)
+            if access is None:
+                conn.fail(CloseCode.UNAUTHORIZED, "The account was removed.")
+            elif access.token_generation != generation:
+                conn.fail(CloseCode.UNAUTHORIZED, "The token was revoked; sign in again.")
+            else:
+                for group in [g for g in conn.groups if not access.may_use(g)]:
+                    await self._leave(conn, group)
+                    conn.error(
+                        Codes.FORBIDDEN,
+                        f'Group "{group}" is no longer granted to "{access.name}".',
+                        counts=False,
+                    )
+
     @staticmethod
     def _notice(member: Member, group: str, notice: Notice) -> str:
         frame = HubFrame(
@@ -339,6 +405,18 @@ def _token_of(scope: MutableMapping[str, Any]) -> str | None:
             if scheme.lower() == "bearer":
                 return token.strip() or None
     return None
+
+
+def _refuse_group(conn: Connection, group: str) -> None:
+    conn.error(
+        Codes.FORBIDDEN,
+        f'Group "{group}" is not granted to "{conn.member.name}"; '
+        f"an admin can run: edge-agent user grant {conn.member.name} {group}",
+    )
+
+
+def _no_shared_group(recipient: str) -> str:
+    return f'"{recipient}" shares no group you are granted; nothing was sent.'
 
 
 def _unauthorized(message: str) -> _Refusal:

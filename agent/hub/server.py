@@ -26,6 +26,7 @@ import uvicorn
 import uvicorn.config
 
 from agent.errors import ConfigError
+from agent.hub.access import AccessTable
 from agent.hub.accounts import ACCOUNTS_FILE, AccountStore
 from agent.hub.app import STATIC_DIR, HubApplication, HubServices
 from agent.hub.backplane import Backplane, MemoryBackplane
@@ -70,6 +71,8 @@ class HubServer:
         self.settings = settings
         self.state_dir = resolve_state_dir(state_dir or settings.state_dir)
         self.accounts = AccountStore(self.state_dir / ACCOUNTS_FILE)
+        self.access = AccessTable(self.accounts)
+        self._access_watch: contextlib.AsyncExitStack | None = None
         self.tokens = TokenIssuer.from_state_dir(self.state_dir)
         self.backplane: Backplane = MemoryBackplane()
         self.metrics = HubMetrics()
@@ -84,6 +87,7 @@ class HubServer:
         self.app = HubApplication(
             HubServices(
                 accounts=self.accounts,
+                access=self.access,
                 tokens=self.tokens,
                 backplane=self.backplane,
                 metrics=self.metrics,
@@ -137,6 +141,10 @@ class HubServer:
             raise
         self._server, self._socket = server, sock
         self.port = sock.getsockname()[1]
+        # Account changes made elsewhere (the CLI, other nodes) reach open connections.
+        watch = contextlib.AsyncExitStack()
+        await watch.enter_async_context(self.access.running())
+        self._access_watch = watch
         self._main = asyncio.create_task(server.main_loop(), name="hub-main-loop")
         # Push deliveries a previous run left queued go out now, not at the first send.
         await self.push.start()
@@ -155,6 +163,9 @@ class HubServer:
             await server.shutdown(sockets=[self._socket] if self._socket else None)
             self._server = self._main = self._socket = None
             log.info("hub stopped")
+        if self._access_watch is not None:
+            await self._access_watch.aclose()
+            self._access_watch = None
         await self.backplane.close()
         await self.push.aclose()
         self.login_guard.close()

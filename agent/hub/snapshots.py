@@ -2,7 +2,9 @@
 
 Push payloads stay small (RFC 8030 services take about 4 KB), so an alert carries only the
 link. Files live in the hub's state directory (``snapshots/``, mode 0600), are bounded in
-size and number, and the oldest are removed first.
+size and number, and the oldest are removed first. Each file records the account that
+uploaded it; a snapshot is shown only to that account, admins, and accounts that share a
+granted group with it (the people its alerts are for), the same rule as messages.
 
 This module does not use ``from __future__ import annotations``: FastAPI reads the route
 signatures at definition time, and they name the injected dependency, a local variable.
@@ -21,6 +23,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from agent.errors import Codes, RealtimeError
+from agent.hub.access import Access, AccessTable
 from agent.hub.accounts import Account, Role
 
 __all__ = ["SNAPSHOTS_PATH", "SnapshotStore", "StoredSnapshot", "add_snapshot_routes"]
@@ -30,6 +33,7 @@ MAX_BYTES: Final = 1024 * 1024
 MAX_FILES: Final = 500
 _ID_RE: Final = re.compile(r"^[0-9a-f]{32}$")
 _JPEG_START: Final = b"\xff\xd8"
+_JPEG_CONTENT: Final = {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}
 
 
 class StoredSnapshot(BaseModel):
@@ -46,8 +50,11 @@ class SnapshotStore:
         self.directory = directory
         self._max_files = max_files
 
-    def put(self, jpeg: bytes) -> str:
-        """Store ``jpeg``; its new id. ``RealtimeError`` for anything but a JPEG in bounds."""
+    def put(self, jpeg: bytes, *, owner: str) -> str:
+        """Store ``jpeg`` uploaded by user id ``owner``; its new id.
+
+        ``RealtimeError`` for anything but a JPEG in bounds.
+        """
         if not jpeg.startswith(_JPEG_START):
             raise RealtimeError(Codes.INVALID_PARAMETER, "A snapshot must be a JPEG image.")
         if len(jpeg) > MAX_BYTES:
@@ -58,19 +65,23 @@ class SnapshotStore:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         snapshot_id = secrets.token_hex(16)
         fd = os.open(
-            self.directory / f"{snapshot_id}.jpg", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
+            self.directory / f"{snapshot_id}.{owner}.jpg",
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+            0o600,
         )
         with os.fdopen(fd, "wb") as file:
             file.write(jpeg)
         self._prune()
         return snapshot_id
 
-    def get(self, snapshot_id: str) -> bytes:
-        """The JPEG stored as ``snapshot_id``; ``RealtimeError`` NOT_FOUND otherwise."""
-        path = self.directory / f"{snapshot_id}.jpg"
-        if not _ID_RE.match(snapshot_id) or not path.is_file():
+    def get(self, snapshot_id: str) -> tuple[bytes, str]:
+        """The JPEG stored as ``snapshot_id`` and its owner; ``RealtimeError`` NOT_FOUND."""
+        valid = _ID_RE.match(snapshot_id) is not None
+        found = list(self.directory.glob(f"{snapshot_id}.*.jpg")) if valid else []
+        if len(found) != 1:
             raise RealtimeError(Codes.NOT_FOUND, f'No snapshot "{snapshot_id}".')
-        return path.read_bytes()
+        owner = found[0].name.split(".")[1]
+        return found[0].read_bytes(), owner
 
     def _prune(self) -> None:
         files = sorted(self.directory.glob("*.jpg"), key=lambda p: p.stat().st_mtime_ns)
@@ -81,25 +92,42 @@ class SnapshotStore:
 def add_snapshot_routes(
     app: FastAPI,
     store: SnapshotStore,
+    access: AccessTable,
     *,
     current_account: Callable[..., Awaitable[Account]],
 ) -> None:
     """``POST /api/snapshots`` (devices and admins) and ``GET /api/snapshots/ID``."""
     authed = Annotated[Account, Depends(current_account)]
 
-    @app.post(SNAPSHOTS_PATH, tags=["alerts"], status_code=201)
+    @app.post(
+        SNAPSHOTS_PATH,
+        tags=["alerts"],
+        status_code=201,
+        openapi_extra={"requestBody": {"required": True, "content": _JPEG_CONTENT}},
+    )
     async def upload(request: Request, account: authed) -> StoredSnapshot:
         """Store a JPEG (the raw request body) and answer where to fetch it."""
         if account.role is Role.USER:
             raise RealtimeError(Codes.FORBIDDEN, "Only devices and admins upload snapshots.")
         body = await _bounded_body(request)
-        snapshot_id = await asyncio.to_thread(store.put, body)
+        snapshot_id = await asyncio.to_thread(store.put, body, owner=account.user_id)
         return StoredSnapshot(id=snapshot_id, url=f"{SNAPSHOTS_PATH}/{snapshot_id}")
 
-    @app.get(SNAPSHOTS_PATH + "/{snapshot_id}", tags=["alerts"])
+    @app.get(
+        SNAPSHOTS_PATH + "/{snapshot_id}",
+        tags=["alerts"],
+        response_class=Response,
+        responses={200: {"content": _JPEG_CONTENT}},
+    )
     async def fetch(snapshot_id: str, account: authed) -> Response:
         """The JPEG stored as ``snapshot_id``."""
-        jpeg = await asyncio.to_thread(store.get, snapshot_id)
+        jpeg, owner = await asyncio.to_thread(store.get, snapshot_id)
+        uploader = await access.lookup(owner)
+        if owner != account.user_id and (
+            uploader is None or not Access.of(account).shares_group_with(uploader)
+        ):
+            # The same answer as a missing one: ids cannot be probed.
+            raise RealtimeError(Codes.NOT_FOUND, f'No snapshot "{snapshot_id}".')
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private"})
 
 

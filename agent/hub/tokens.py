@@ -1,7 +1,10 @@
 """Access tokens: HS256 JWTs (RFC 7519) signed with a secret kept in the state directory.
 
-Claims: ``sub`` (the account's UUID), ``name``, ``role``, ``iat`` and ``exp``. Verification
-pins the algorithm (RFC 8725 s. 3.1: never let the token choose it) and requires every claim.
+Claims: ``sub`` (the account's UUID), ``name``, ``role``, ``iat``, ``exp`` and ``gen``, the
+account's token generation when it was issued. Verification pins the algorithm (RFC 8725
+s. 3.1: never let the token choose it) and requires every claim but ``gen`` (tokens issued
+before generations existed count as generation 0). A token is revoked when its generation
+is below the account's: the hub compares the two on every request and open connection.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class Claims:
     name: str
     role: Role
     expires_at: int
+    generation: int = 0
 
 
 class TokenIssuer:
@@ -71,6 +75,7 @@ class TokenIssuer:
             "role": account.role.value,
             "iat": now,
             "exp": now + ttl_seconds,
+            "gen": account.token_generation,
         }
         return jwt.encode(payload, self._secret, algorithm=_ALGORITHM)
 
@@ -83,6 +88,7 @@ class TokenIssuer:
                 name=_str_claim(payload, "name"),
                 role=Role(payload["role"]),
                 expires_at=int(payload["exp"]),
+                generation=_generation_claim(payload),
             )
         except (ValueError, TypeError) as exc:
             raise AuthError("The token's claims are malformed.", reason="invalid") from exc
@@ -106,4 +112,11 @@ def _str_claim(payload: dict[str, Any], key: str) -> str:
     value = payload[key]
     if not isinstance(value, str) or not value:
         raise ValueError(f"claim {key!r} must be a non-empty string")
+    return value
+
+
+def _generation_claim(payload: dict[str, Any]) -> int:
+    value = payload.get("gen", 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError("claim 'gen' must be a non-negative integer")
     return value

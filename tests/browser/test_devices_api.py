@@ -38,7 +38,7 @@ class Hub:
         self.stack = stack
 
     def account(self, name: str, role: Role = Role.USER) -> Person:
-        account = self.server.accounts.add(name, None, role)
+        account = self.server.accounts.add(name, None, role, groups=["*"])
         return Person(account, self.server.tokens.issue(account, 600))
 
     async def online(self, person: Person, *groups: str) -> ClientConnection:

@@ -41,8 +41,16 @@ class Hub:
         self.server = server
         self._clients: list[ClientConnection] = []
 
-    def user(self, name: str, *, role: Role = Role.USER, password: str | None = None) -> User:
-        account = self.server.accounts.add(name, password, role)
+    def user(
+        self,
+        name: str,
+        *,
+        role: Role = Role.USER,
+        password: str | None = None,
+        groups: tuple[str, ...] = ("*",),
+    ) -> User:
+        """An account granted ``groups``: every group unless a test is about grants."""
+        account = self.server.accounts.add(name, password, role, groups=groups)
         return User(account, self.server.tokens.issue(account, 600))
 
     async def connect(self, user: User, **kwargs: Any) -> ClientConnection:

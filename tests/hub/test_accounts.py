@@ -60,7 +60,10 @@ def test_passwords_verify_only_when_right(store: AccountStore) -> None:
     assert store.verify_password("alice", "x" * 5000) is None
     store.set_password("alice", "new passphrase")
     assert store.verify_password("alice", "correct horse") is None
-    assert store.verify_password("alice", "new passphrase") == alice
+    renewed = store.verify_password("alice", "new passphrase")
+    assert renewed is not None
+    assert renewed.user_id == alice.user_id
+    assert renewed.token_generation == alice.token_generation + 1  # old sessions end
     store.set_password("alice", None)
     assert store.verify_password("alice", "new passphrase") is None
 

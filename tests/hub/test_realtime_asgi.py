@@ -11,6 +11,7 @@ import pytest
 
 import agent.hub
 from agent.config import HubLimits
+from agent.hub.access import AccessTable
 from agent.hub.accounts import ACCOUNTS_FILE, AccountStore
 from agent.hub.backplane import MemoryBackplane
 from agent.hub.metrics import HubMetrics
@@ -51,6 +52,7 @@ def endpoint(tmp_path: Path, store: AccountStore, backplane: MemoryBackplane) ->
         backplane=backplane,
         tokens=TokenIssuer.from_state_dir(tmp_path),
         accounts=store,
+        access=AccessTable(store),
         limits=HubLimits(),
         metrics=HubMetrics(),
     )

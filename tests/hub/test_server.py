@@ -76,7 +76,7 @@ async def test_stop_closes_connections_and_a_restart_gets_the_same_port(tmp_path
     settings = make_settings(tmp_path / "state")
     first = HubServer(settings)
     await first.start()
-    user_account = first.accounts.add("alice", None)
+    user_account = first.accounts.add("alice", None, groups=["*"])
     token = first.tokens.issue(user_account, 600)
     ws = await connect(f"{first.ws_url}?token={token}")
     port = first.port

@@ -31,8 +31,10 @@ async def hub(tmp_path: Path) -> AsyncIterator[HubServer]:
     await server.stop()
 
 
-def client_for(hub: HubServer, name: str, role: Role) -> RealtimeClient:
-    account = hub.accounts.add(name, None, role)
+def client_for(
+    hub: HubServer, name: str, role: Role, groups: tuple[str, ...] = ("home",)
+) -> RealtimeClient:
+    account = hub.accounts.add(name, None, role, groups=groups)
     return RealtimeClient(hub.ws_url, token=hub.tokens.issue(account, 600))
 
 
@@ -51,6 +53,9 @@ async def test_a_device_uploads_and_people_fetch(hub: HubServer) -> None:
         link = await device.upload_snapshot(JPEG)
         assert link.startswith("/api/snapshots/")
         assert await fetch(hub, alice, link) == (200, JPEG)
+        # Someone who shares no group with the device reads it as missing.
+        stranger = client_for(hub, "mallory", Role.USER, groups=("elsewhere",))
+        assert (await fetch(hub, stranger, link))[0] == 404
         [stored] = (hub.state_dir / "snapshots").iterdir()
         assert stat.S_IMODE(stored.stat().st_mode) == 0o600
         assert (await fetch(hub, alice, "/api/snapshots/" + "0" * 32))[0] == 404
@@ -70,9 +75,12 @@ async def test_a_device_uploads_and_people_fetch(hub: HubServer) -> None:
 
 def test_the_store_keeps_the_newest(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path / "s", max_files=2)
-    ids = [store.put(JPEG + bytes([n])) for n in range(3)]
+    owner = "7c0e8a52-4b8f-4a54-9d1e-0d1f4c3a2b10"
+    ids = [store.put(JPEG + bytes([n]), owner=owner) for n in range(3)]
     assert len(list((tmp_path / "s").iterdir())) == 2
-    assert store.get(ids[2]).endswith(b"\x02")
+    jpeg, stored_owner = store.get(ids[2])
+    assert jpeg.endswith(b"\x02")
+    assert stored_owner == owner
 
 
 async def test_a_snapshot_action_links_the_picture_from_the_event(

@@ -45,7 +45,7 @@ class PushHub:
 
     def user(self, name: str, role: Role = Role.USER) -> User:
         account = self.server.accounts.get_by_name(name) or self.server.accounts.add(
-            name, None, role
+            name, None, role, groups=["*"]
         )
         return User(account, self.server.tokens.issue(account, 3600))
 

@@ -220,8 +220,10 @@ async def connect(hub: HubServer, factory: PeerFactory) -> AsyncIterator[Connect
     """``await connect("alice", role=Role.USER)``: a client of a new account, in the group."""
     clients: list[RealtimeClient] = []
 
-    async def make(name: str, *, role: Role = Role.USER, **options: Any) -> Party:
-        account = await asyncio.to_thread(hub.accounts.add, name, None, role)
+    async def make(
+        name: str, *, role: Role = Role.USER, groups: tuple[str, ...] = (GROUP,), **options: Any
+    ) -> Party:
+        account = await asyncio.to_thread(hub.accounts.add, name, None, role, groups=groups)
         token = hub.tokens.issue(account, 3600)
         options.setdefault("rtc_factory", factory)
         client = RealtimeClient(hub.ws_url, token=token, **options)
@@ -246,9 +248,13 @@ async def device(hub: HubServer, connect: Connect) -> AsyncIterator[MakeDevice]:
     made: list[Device] = []
 
     async def make(
-        config: MediaConfig | None = None, *, name: str = "porch", **desk_options: Any
+        config: MediaConfig | None = None,
+        *,
+        name: str = "porch",
+        groups: tuple[str, ...] = (GROUP,),
+        **desk_options: Any,
     ) -> Device:
-        party = await connect(name, role=Role.DEVICE)
+        party = await connect(name, role=Role.DEVICE, groups=groups)
         forward: list[CallDesk] = []  # the desk is made after its media hub
 
         def media_event(event: Any) -> None:

@@ -101,7 +101,7 @@ class Rig:
             ("porch", Role.DEVICE, self.device_factory),
             ("viewer", Role.USER, caller_factory),
         ):
-            account = self.hub.accounts.add(name, None, role)
+            account = self.hub.accounts.add(name, None, role, groups=["*"])
             client = RealtimeClient(
                 self.hub.ws_url, token=self.hub.tokens.issue(account, 600), rtc_factory=factory
             )

@@ -13,6 +13,7 @@ import av
 import pytest
 
 from agent.errors import Codes, RealtimeError, Texts
+from agent.hub.server import HubServer
 from agent.media import (
     ExecConfig,
     MediaConfig,
@@ -149,6 +150,32 @@ async def test_callers_allowed_by_name_or_group(
     await call(bob, porch)  # by name, from the embedded hub's accounts
     carol = await connect("carol")
     await call(carol, porch)  # by group: she is connected in "devices"
+
+
+async def test_allow_groups_is_a_boundary_joining_the_group_does_not_get_in(
+    hub: HubServer, connect: Connect, device: MakeDevice, call: Call
+) -> None:
+    porch = await device(
+        groups=("devices", "family"), policy=CallPolicy.of(groups=["family"], roles=[])
+    )
+    bob = await connect("bob")  # granted "devices" only
+    await bob.client.join_realtime("family", keep=True)
+    refused = await bob.inbox.wait_for("error", code=Codes.FORBIDDEN)
+    assert '"family"' in refused.message
+    assert "edge-agent user grant bob family" in refused.message
+    connector = await bob.client.connect_rtc(cid=porch.cid, media=None)
+    with pytest.raises(CallEndedError):
+        await asyncio.wait_for(connector.connection, WAIT)
+    told = await bob.inbox.wait_for("private", sender=porch.user_id)
+    assert told.message["reason"] == "not_allowed"
+    assert porch.desk.calls == 0
+
+    # Once an admin grants the group, the same join and call go through.
+    await asyncio.to_thread(hub.accounts.grant, "bob", ["family"])
+    await hub.access.refresh()
+    await bob.client.join_realtime("family", keep=True)
+    await bob.inbox.wait_for("notice", sender=bob.user_id, sender_rid="family")
+    await call(bob, porch)
 
 
 async def test_a_busy_device_refuses_and_says_so(

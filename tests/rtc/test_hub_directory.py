@@ -26,13 +26,13 @@ async def hub(tmp_path: Path) -> AsyncIterator[HubServer]:
 
 
 def client_for(hub: HubServer, name: str, role: Role) -> RealtimeClient:
-    account = hub.accounts.add(name, None, role)
+    account = hub.accounts.add(name, None, role, groups=["home"])
     return RealtimeClient(hub.ws_url, token=hub.tokens.issue(account, 600))
 
 
 async def test_a_device_looks_up_callers_through_the_hub(hub: HubServer) -> None:
     device = client_for(hub, "porch", Role.DEVICE)
-    alice = hub.accounts.add("alice", None, Role.USER)
+    alice = hub.accounts.add("alice", None, Role.USER, groups=["home"])
     directory = HubDirectory(device)
     try:
         assert await directory.lookup(alice.user_id) == Caller(alice.user_id, "alice", "user")
