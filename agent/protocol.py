@@ -260,17 +260,7 @@ def decode_frame_text(text: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     stripped = text.lstrip()
     if not stripped.startswith(("{", "[")):
         stripped = unquote(stripped, errors="strict")
-    value = _loads(stripped, max_depth)
-    # JSON may escape half of a UTF-16 surrogate pair ("\ud800"), which is no Unicode
-    # text at all: refuse it here rather than fail later when the frame is re-encoded.
-    if _SURROGATE_ESCAPE.search(stripped):
-        try:
-            json.dumps(value, ensure_ascii=False).encode()
-        except UnicodeEncodeError:
-            raise ValueError(
-                "it contains a lone UTF-16 surrogate (a \\ud800-\\udfff escape); send valid Unicode"
-            ) from None
-    return value
+    return _loads(stripped, max_depth)
 
 
 def parse_hub_frame(text: str) -> HubFrame | ProtocolError:
@@ -343,15 +333,31 @@ def _decode(text: str, max_depth: int) -> Any:
 
 
 def _loads(text: str, max_depth: int) -> Any:
+    """JSON ``text`` decoded: nested within ``max_depth``, finite, valid Unicode."""
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # not from a socket (UTF-8 there), but from a caller
+            raise ValueError("it contains a lone UTF-16 surrogate; send valid Unicode") from None
     if _nesting_depth(text, max_depth) > max_depth:
         raise _Refused(
             f"Frame nests arrays and objects more than {max_depth} levels deep; "
             f"the limit is {max_depth}."
         )
     try:
-        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:  # only if the caller's own stack was already deep
         raise _Refused("Frame nests arrays and objects too deeply to decode.") from None
+    # JSON may escape half of a UTF-16 surrogate pair ("\ud800"), which is no Unicode
+    # text at all: refuse it here rather than fail later when the value is re-encoded.
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise ValueError(
+                "it contains a lone UTF-16 surrogate (a \\ud800-\\udfff escape); send valid Unicode"
+            ) from None
+    return value
 
 
 def _nesting_depth(text: str, limit: int) -> int:

@@ -185,6 +185,20 @@ def test_lone_surrogates_are_refused_not_raised(escape: str) -> None:
     assert _err(parse_hub_frame('{"#message":"' + escape + '"}')).code == Codes.INVALID_REQUEST
 
 
+def test_a_lone_surrogate_inside_a_json_notification_string_is_plain_text() -> None:
+    note = json.dumps({"title": "\ud800", "body": "b"})  # the escape travels inside a string
+    frame = {"action": "broadcast", "rid": "g", "content": 1, "notification": note}
+    assert parse_client_frame(json.dumps(frame)) == Broadcast("g", 1, Notification("", note))
+
+
+def test_a_raw_lone_surrogate_in_the_text_is_refused_not_raised() -> None:
+    err = _err(parse_client_frame('{"action":"broadcast","rid":"g","content":"\ud800"}'))
+    assert err.message == (
+        "Frame is not valid JSON: it contains a lone UTF-16 surrogate; send valid Unicode"
+    )
+    assert "lone UTF-16 surrogate" in _err(parse_hub_frame('{"#message":"\udfff"}')).message
+
+
 def test_a_proper_surrogate_pair_is_fine() -> None:
     text = '{"action":"broadcast","rid":"g","content":"\\ud83d\\ude00"}'
     assert parse_client_frame(text) == Broadcast("g", "\U0001f600")
