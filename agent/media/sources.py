@@ -420,6 +420,11 @@ class ExecSource:
                 code = await self._process.wait()
         except TimeoutError:
             return device_not_found(self.name, "closed its output")
+        if self._stderr_task is not None:
+            # The pipe ends with the process: read what it said last before reporting it.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_STOP_TIMEOUT):
+                    await asyncio.shield(self._stderr_task)
         tail = self._stderr.decode(errors="replace").strip().splitlines()[-1:]
         detail = f": {tail[0]}" if tail else ""
         return device_not_found(self.name, f"exited with code {code}{detail}")
