@@ -34,6 +34,12 @@ from agent.hub.devices_api import DEFAULT_VIEWER_GROUPS, IceServerItem, add_devi
 from agent.hub.limits import LimitSettings
 from agent.hub.login import LoginGuard, LoginRefused, client_address
 from agent.hub.metrics import CONTENT_TYPE, HubMetrics
+from agent.hub.openapi import (
+    ErrorBody,
+    FilesAfterRoutes,
+    allowed_methods,
+    install_api_contract,
+)
 from agent.hub.push_api import add_push_routes
 from agent.hub.realtime import ASGIReceive, RealtimeEndpoint
 from agent.hub.snapshots import SnapshotStore, add_snapshot_routes
@@ -64,6 +70,7 @@ _STATUS_OF_CODE: Final = {
 _CODE_OF_STATUS: Final = {v: k for k, v in _STATUS_OF_CODE.items()} | {
     400: Codes.INVALID_REQUEST,
     405: Codes.INVALID_REQUEST,
+    413: Codes.INVALID_REQUEST,
 }
 
 
@@ -85,13 +92,6 @@ class HubServices:
     viewer_groups: tuple[str, ...] = DEFAULT_VIEWER_GROUPS
     snapshots: SnapshotStore | None = None
     ice: IceServerSource | None = None  # /api/ice-servers (default: the viewer's static list)
-
-
-class ErrorBody(BaseModel):
-    """The error shape of every 4xx answer."""
-
-    code: str = Field(examples=["UNAUTHORIZED"])
-    message: str
 
 
 class LoginRequest(BaseModel):
@@ -126,48 +126,52 @@ _FETCH_OPTIONS: Final = {
 class GroupsRequest(BaseModel):
     """getRealtimeGroups parameters and FetchOptions; validated as the reference does."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
 
-    searchFor: Any = Field(None, json_schema_extra={"enum": ["group", "number_of_users"]})
-    value: Any = Field(None, json_schema_extra={"type": ["string", "number"]})
+    searchFor: Any = Field(None, json_schema_extra={"enum": ["group", "number_of_users", None]})
+    value: Any = Field(None, json_schema_extra={"type": ["string", "number", "null"]})
     condition: Any = Field(
         None,
         json_schema_extra={
-            "enum": [">", ">=", "=", "<", "<=", "!=", "gt", "gte", "eq", "lt", "lte", "ne"]
+            "enum": [">", ">=", "=", "<", "<=", "!=", "gt", "gte", "eq", "lt", "lte", "ne", None]
         },
         description='">=" on a group name means "starts with".',
     )
     range: Any = Field(
         None,
-        json_schema_extra={"type": ["string", "number"]},
+        json_schema_extra={"type": ["string", "number", "null"]},
         description="Inclusive upper end of value..range; not with condition.",
     )
     limit: Any = Field(
-        None, json_schema_extra={"type": "integer"}, description=_FETCH_OPTIONS["limit"]
+        None, json_schema_extra={"type": ["integer", "null"]}, description=_FETCH_OPTIONS["limit"]
     )
     startKey: Any = Field(
-        None, json_schema_extra={"type": "string"}, description=_FETCH_OPTIONS["startKey"]
+        None, json_schema_extra={"type": ["string", "null"]}, description=_FETCH_OPTIONS["startKey"]
     )
     ascending: Any = Field(
-        None, json_schema_extra={"type": "boolean"}, description=_FETCH_OPTIONS["ascending"]
+        None,
+        json_schema_extra={"type": ["boolean", "null"]},
+        description=_FETCH_OPTIONS["ascending"],
     )
 
 
 class UsersRequest(BaseModel):
     """getRealtimeUsers parameters and FetchOptions."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
 
     group: Any = Field(None, json_schema_extra={"type": "string"})
-    user_id: Any = Field(None, json_schema_extra={"type": "string", "format": "uuid"})
+    user_id: Any = Field(None, json_schema_extra={"type": ["string", "null"], "format": "uuid"})
     limit: Any = Field(
-        None, json_schema_extra={"type": "integer"}, description=_FETCH_OPTIONS["limit"]
+        None, json_schema_extra={"type": ["integer", "null"]}, description=_FETCH_OPTIONS["limit"]
     )
     startKey: Any = Field(
-        None, json_schema_extra={"type": "string"}, description=_FETCH_OPTIONS["startKey"]
+        None, json_schema_extra={"type": ["string", "null"]}, description=_FETCH_OPTIONS["startKey"]
     )
     ascending: Any = Field(
-        None, json_schema_extra={"type": "boolean"}, description=_FETCH_OPTIONS["ascending"]
+        None,
+        json_schema_extra={"type": ["boolean", "null"]},
+        description=_FETCH_OPTIONS["ascending"],
     )
 
 
@@ -262,6 +266,7 @@ def create_app(services: HubServices) -> FastAPI:
         redoc_url=None,
     )
     _add_error_handlers(app)
+    install_api_contract(app, authenticated=_current_account)
     _add_api_routes(app, services)
     _add_listing_routes(app, services)
     _add_operations_routes(app, services)
@@ -286,7 +291,8 @@ def create_app(services: HubServices) -> FastAPI:
     )
     if services.static_dir.is_dir():
         # Last, so that it only answers what no route above matched: the viewer at "/".
-        app.mount("/", StaticFiles(directory=services.static_dir, html=True))
+        files = StaticFiles(directory=services.static_dir, html=True)
+        app.mount("/", FilesAfterRoutes(files, app.router.routes))
     return app
 
 
@@ -473,7 +479,11 @@ def _is_loopback(host: str) -> bool:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RealtimeError)
     async def realtime_error(request: Request, exc: RealtimeError) -> JSONResponse:
-        return _error(_STATUS_OF_CODE.get(exc.code, 400), exc.code, exc.message)
+        status = _STATUS_OF_CODE.get(exc.code, 400)
+        response = _error(status, exc.code, exc.message)
+        if status == 401:  # RFC 6750 section 3, as for AuthError
+            response.headers["WWW-Authenticate"] = 'Bearer realm="edge-agent"'
+        return response
 
     @app.exception_handler(AuthError)
     async def auth_error(request: Request, exc: AuthError) -> JSONResponse:
@@ -488,7 +498,13 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         code = _CODE_OF_STATUS.get(exc.status_code, Codes.ERROR)
-        return _error(exc.status_code, code, str(exc.detail))
+        if exc.status_code != 405:
+            return _error(exc.status_code, code, str(exc.detail))
+        # RFC 9110 section 15.5.6: a 405 names the methods the path has.
+        allow = allowed_methods(request.app.router.routes, request.scope)
+        response = _error(405, code, f"{request.method} is not allowed here; use {allow}.")
+        response.headers["Allow"] = allow
+        return response
 
 
 def _params(body: BaseModel | None) -> dict[str, Any]:

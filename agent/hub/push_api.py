@@ -65,6 +65,14 @@ class SubscriptionBody(BaseModel):
     keys: SubscriptionKeys | None = None
 
 
+class UnsubscribeBody(BaseModel):
+    """The subscription to delete, by ``endpoint``; its ``keys`` may come along, unread."""
+
+    model_config = ConfigDict(extra="allow")
+
+    endpoint: Any = Field(None, json_schema_extra={"type": "string", "format": "uri"})
+
+
 class SendBody(BaseModel):
     """A push notification and its recipients; nobody named is everyone the caller may reach."""
 
@@ -77,11 +85,19 @@ class SendBody(BaseModel):
         json_schema_extra={"anyOf": [{"type": "string"}, {"type": "array"}, {"type": "null"}]},
         description="A user id or a list of them.",
     )
-    users: Any = Field(None, json_schema_extra={"type": "array"}, description="Account names.")
-    roles: Any = Field(None, json_schema_extra={"type": "array"}, description="admin|user|device")
+    users: Any = Field(
+        None, json_schema_extra={"type": ["array", "null"]}, description="Account names."
+    )
+    roles: Any = Field(
+        None, json_schema_extra={"type": ["array", "null"]}, description="admin|user|device"
+    )
     id: Any = Field(None, description="An alert id: a resend with the same id is not pushed again.")
-    urgency: Any = Field(None, json_schema_extra={"enum": ["very-low", "low", "normal", "high"]})
-    ttl: Any = Field(None, json_schema_extra={"type": "integer"}, description="Seconds to live.")
+    urgency: Any = Field(
+        None, json_schema_extra={"enum": ["very-low", "low", "normal", "high", None]}
+    )
+    ttl: Any = Field(
+        None, json_schema_extra={"type": ["integer", "null"]}, description="Seconds to live."
+    )
     topic: Any = Field(None, description="A newer message with the same topic replaces this one.")
 
 
@@ -115,7 +131,7 @@ def add_push_routes(
     @app.post(f"{PUSH_ROUTE_PREFIX}/unsubscribe", tags=_TAGS)
     async def unsubscribe_notification(
         account: Annotated[Account, Depends(current_account)],
-        body: Annotated[SubscriptionBody, Body()],
+        body: Annotated[UnsubscribeBody, Body()],
     ) -> str:
         """unsubscribeNotification: delete the caller's subscription at ``endpoint``."""
         await push.unsubscribe(account.user_id, body.model_dump(exclude_unset=True))

@@ -253,6 +253,37 @@ async def test_openapi_describes_the_api(hub: Hub) -> None:
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
 
 
+async def test_openapi_declares_what_the_hub_answers(hub: Hub) -> None:
+    """One validation status (400, never 422); 401 wherever a token is taken; the login's
+    throttling; every error in the ErrorBody shape. The fuzz test checks the rest live."""
+    async with hub.http() as http:
+        spec = (await http.get("/openapi.json")).json()
+    error_body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            responses, where = operation["responses"], f"{method} {path}"
+            assert "422" not in responses, where
+            if operation.get("parameters") or "requestBody" in operation:
+                assert "400" in responses, where
+            if "requestBody" in operation:
+                assert "413" in responses, where
+            if path.startswith("/api/") and path != "/api/login":
+                assert operation["security"] == [{"HTTPBearer": []}], where
+            if "security" in operation:
+                assert "WWW-Authenticate" in responses["401"]["headers"], where
+            for status, response in responses.items():
+                if int(status) >= 400:
+                    assert response["content"] == error_body, (where, status)
+    for path in ("/health", "/metrics"):  # the token only adds the figures
+        assert spec["paths"][path]["get"]["security"] == [{}, {"HTTPBearer": []}]
+    login = spec["paths"]["/api/login"]["post"]
+    assert "security" not in login
+    for status in ("429", "503"):
+        assert login["responses"][status]["headers"]["Retry-After"]["required"] is True
+    assert {"401", "403", "404"} <= set(spec["paths"]["/api/users/{user_id}"]["get"]["responses"])
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+
+
 async def test_unknown_paths_answer_the_error_shape(hub: Hub) -> None:
     async with hub.http() as http:
         response = await http.get("/api/nothing-here")
