@@ -69,6 +69,8 @@ __all__ = [
     "ENV_PREFIX",
     "REDACTED",
     "ConnectSettings",
+    "EventRetention",
+    "HubEventSettings",
     "HubLimits",
     "HubLoginSettings",
     "HubSettings",
@@ -201,6 +203,45 @@ class TurnSettings(_Section):
         return self
 
 
+class EventRetention(_Section):
+    """How much of one group's event history the hub keeps ([hub.events.groups.NAME])."""
+
+    max_events: int = Field(default=1000, ge=1, le=1_000_000)
+    max_age: int = Field(default=30 * 86400, ge=60, le=10 * 365 * 86400)  # seconds; "30d"
+
+    @field_validator("max_age", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
+
+
+class HubEventSettings(EventRetention):
+    """The event history the hub keeps and how viewers refresh device pictures ([hub.events]).
+
+    Every group keeps its newest ``max_events`` event posts for at most ``max_age``;
+    ``[hub.events.groups.NAME]`` sets other bounds for one group. Viewers showing the
+    device list refresh each device's picture every ``thumbnail_seconds`` (0: only the
+    snapshots events take).
+    """
+
+    enabled: bool = True
+    groups: dict[str, EventRetention] = Field(default_factory=dict)
+    thumbnail_seconds: int = Field(default=60, ge=0, le=86400)
+
+    @field_validator("thumbnail_seconds", mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    def retention(self, group: str) -> EventRetention:
+        """The bounds for ``group``: its own table's, the rest from ``[hub.events]``."""
+        own = self.groups.get(group)
+        values = {"max_events": self.max_events, "max_age": self.max_age}
+        if own is not None:
+            values |= {key: getattr(own, key) for key in own.model_fields_set}
+        return EventRetention(**values)
+
+
 class HubSettings(_Section):
     """Where the hub listens and how it is reached ([hub])."""
 
@@ -223,6 +264,8 @@ class HubSettings(_Section):
     # share the proxy's. Loopback by default, for a proxy on the same machine.
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
     login: HubLoginSettings = Field(default_factory=HubLoginSettings)
+    # The event history behind the viewer's timeline (GET /api/events) and device tiles.
+    events: HubEventSettings = Field(default_factory=HubEventSettings)
 
     @field_validator("public_url")
     @classmethod

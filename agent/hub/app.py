@@ -31,6 +31,7 @@ from agent.hub.accounts_api import add_account_routes
 from agent.hub.backplane import Backplane
 from agent.hub.connection import ASGISend
 from agent.hub.devices_api import DEFAULT_VIEWER_GROUPS, IceServerItem, add_device_routes
+from agent.hub.events_api import EventsService, add_event_routes
 from agent.hub.limits import LimitSettings
 from agent.hub.login import LoginGuard, LoginRefused, client_address
 from agent.hub.metrics import CONTENT_TYPE, HubMetrics
@@ -92,6 +93,7 @@ class HubServices:
     viewer_groups: tuple[str, ...] = DEFAULT_VIEWER_GROUPS
     snapshots: SnapshotStore | None = None
     ice: IceServerSource | None = None  # /api/ice-servers (default: the viewer's static list)
+    events: EventsService | None = None  # event history, device tiles, recent telemetry
 
 
 class LoginRequest(BaseModel):
@@ -289,6 +291,7 @@ def create_app(services: HubServices) -> FastAPI:
         services.ice or IceServerSource(static=services.viewer_ice_servers),
         current_account=_current_account,
     )
+    add_event_routes(app, services, current_account=_current_account)
     if services.static_dir.is_dir():
         # Last, so that it only answers what no route above matched: the viewer at "/".
         files = StaticFiles(directory=services.static_dir, html=True)

@@ -108,6 +108,10 @@ class RealtimeEndpoint:
     ) -> None:
         self._push = push
         self._access = access
+        # Told of every group post after its fan-out, and of every connection opening and
+        # closing (the event history and device presence); they must not block.
+        self.on_group_post: Callable[[Member, str, Any], None] | None = None
+        self.on_presence: Callable[[Member, bool], None] | None = None
         # This node's open connections and the token generation each was opened with.
         self._local: dict[str, tuple[Connection, int]] = {}
         access.subscribe(self._apply_access)
@@ -156,6 +160,8 @@ class RealtimeEndpoint:
                 CloseCode.TOO_MANY_CONNECTIONS,
             )
         self._local[member.scid] = (conn, account.token_generation)
+        if self.on_presence is not None:
+            self.on_presence(member, True)
         return conn
 
     async def _authenticate(self, scope: MutableMapping[str, Any]) -> Account:
@@ -268,6 +274,8 @@ class RealtimeEndpoint:
             FrameKind.MESSAGE, action.content, conn.member.user_id, conn.scid, action.rid
         )
         await self._backplane.publish_group(action.rid, encode_hub_frame(frame))
+        if self.on_group_post is not None:
+            self.on_group_post(conn.member, action.rid, action.content)
         if action.notification is not None and self._push is not None:
             # Members are connected by definition: only an "always" notification pushes.
             members = await self._backplane.members(action.rid)
@@ -360,6 +368,8 @@ class RealtimeEndpoint:
     async def _disconnect(self, conn: Connection) -> None:
         groups = await self._backplane.detach(conn.scid)
         conn.groups.clear()
+        if self.on_presence is not None:
+            self.on_presence(conn.member, False)
         for group in groups:
             notice = self._notice(conn.member, group, Notice.USER_DISCONNECTED)
             await self._backplane.publish_group(group, notice)

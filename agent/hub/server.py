@@ -31,8 +31,11 @@ from agent.hub.accounts import ACCOUNTS_FILE, AccountStore
 from agent.hub.app import STATIC_DIR, HubApplication, HubServices
 from agent.hub.backplane import Backplane, MemoryBackplane
 from agent.hub.devices_api import IceServerItem
+from agent.hub.events_api import EventsService
+from agent.hub.history import EVENTS_FILE, SqliteEventStore
 from agent.hub.login import LoginGuard
 from agent.hub.metrics import HubMetrics
+from agent.hub.recorder import HistoryRecorder
 from agent.hub.snapshots import SnapshotStore
 from agent.hub.tokens import TokenIssuer
 from agent.hub.turn import ice_server_source
@@ -84,6 +87,8 @@ class HubServer:
         self.push = PushService.from_state_dir(
             self.state_dir, settings.push, accounts=self.accounts
         )
+        self.history = self._history(settings)
+        self._history_run: contextlib.AsyncExitStack | None = None
         self.app = HubApplication(
             HubServices(
                 accounts=self.accounts,
@@ -97,12 +102,21 @@ class HubServer:
                 push=self.push,
                 viewer_ice_servers=tuple(_ice_item(s) for s in settings.hub.ice_servers),
                 viewer_groups=tuple(settings.hub.viewer_groups),
+                events=(
+                    EventsService(self.history, settings.hub.events.thumbnail_seconds)
+                    if self.history is not None
+                    else None
+                ),
                 snapshots=SnapshotStore(self.state_dir / "snapshots"),
                 ice=ice_server_source(
                     settings, tuple(_ice_item(s) for s in settings.hub.ice_servers)
                 ),
             )
         )
+        if self.history is not None:
+            # Device posts and presence reach the history without waiting for it.
+            self.app.realtime.on_group_post = self.history.observe_post
+            self.app.realtime.on_presence = self.history.observe_presence
         self._server: uvicorn.Server | None = None
         self._main: asyncio.Task[None] | None = None
         self._socket: socket.socket | None = None
@@ -133,11 +147,13 @@ class HubServer:
         config = self._uvicorn_config()
         sock = _bind(self.settings.hub.host, self.settings.hub.port)
         server = uvicorn.Server(config)
+        await self._start_history()  # before any device can connect
         server.lifespan = config.lifespan_class(config)
         try:
             await server.startup(sockets=[sock])
         except BaseException:
             sock.close()
+            await self._stop_history()
             raise
         self._server, self._socket = server, sock
         self.port = sock.getsockname()[1]
@@ -166,10 +182,35 @@ class HubServer:
         if self._access_watch is not None:
             await self._access_watch.aclose()
             self._access_watch = None
+        await self._stop_history()  # after the connections: their last posts are kept
         await self.backplane.close()
         await self.push.aclose()
         self.login_guard.close()
         self.accounts.close()
+
+    def _history(self, settings: Settings) -> HistoryRecorder | None:
+        """The event history ([hub.events]), or ``None`` when it is turned off."""
+        events = settings.hub.events
+        if not events.enabled:
+            return None
+        store = SqliteEventStore(self.state_dir / EVENTS_FILE, retention=events.retention)
+        return HistoryRecorder(store, self.access, connected=self._has_connections)
+
+    async def _has_connections(self, user_id: str) -> bool:
+        return bool(await self.backplane.user_connections(user_id))
+
+    async def _start_history(self) -> None:
+        run = contextlib.AsyncExitStack()
+        if self.history is not None:
+            await run.enter_async_context(self.history.running())
+        self._history_run = run
+
+    async def _stop_history(self) -> None:
+        run, self._history_run = self._history_run, None
+        if run is not None:
+            await run.aclose()  # writes what is queued, then closes the store
+        elif self.history is not None:
+            await asyncio.to_thread(self.history.store.close)  # never started
 
     def _uvicorn_config(self) -> uvicorn.Config:
         hub = self.settings.hub

@@ -198,6 +198,7 @@ class CallDesk:
         self.channels.register("control", self._serve_control)
         self.refused = 0
         self.answered = 0  # calls that came up since start
+        self._started = time.monotonic()
 
     @property
     def calls(self) -> int:
@@ -223,12 +224,16 @@ class CallDesk:
 
     def status(self) -> dict[str, Any]:
         """What the ``status`` command answers."""
+        now = time.monotonic()
         status: dict[str, Any] = {
             "device": self.device,
+            "uptime_seconds": round(now - self._started),
             "calls": {
                 "active": len(self._calls),
                 "max": self.policy.max_calls,
                 "refused": self.refused,
+                # Each call's route and figures (the viewer's status card shows them).
+                "list": [_call_status(call, now) for call in self._calls.values()],
             },
             "missing": {media: err.message for media, err in self._missing.items()},
         }
@@ -455,6 +460,26 @@ async def _drain(track: MediaStreamTrack) -> None:
     with contextlib.suppress(MediaStreamError):
         while True:
             await track.recv()
+
+
+def _call_status(call: _DeskCall, now: float) -> dict[str, Any]:
+    figures = call.figures
+    if figures is None:
+        return {"seconds": round(now - call.started), "route": None}
+    return {
+        "seconds": round(now - call.started),
+        "route": figures.candidate_type,
+        "local": figures.local_candidate_type,
+        "remote": figures.remote_candidate_type,
+        "relay_protocol": figures.relay_protocol,
+        "rtt_ms": None if figures.rtt_seconds is None else round(figures.rtt_seconds * 1000, 1),
+        "bitrate_bps": None if figures.bitrate_bps is None else round(figures.bitrate_bps),
+        "first_frame_ms": _ms(figures.first_frame_seconds),
+    }
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1000)
 
 
 def _media_status(hub: MediaHub) -> dict[str, Any]:

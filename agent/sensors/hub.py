@@ -10,7 +10,9 @@ Consumers plug in three ways:
   channel).
 
 Telemetry: with an interval and an injected ``post(group, payload)``, the latest readings are
-posted to the telemetry groups as ``{"type": "telemetry", "device", "ts", "readings"}``.
+posted to the telemetry groups as ``{"type": "telemetry", "device", "ts", "readings",
+"ports"}``; ``ports`` says how each port is doing (``state``, ``readings``, ``bad_data`` and
+``outages`` counts, ``units``), so that a viewer tells a stale reading from a live one.
 """
 
 from __future__ import annotations
@@ -303,6 +305,7 @@ class SensorHub:
             "device": self.device,
             "ts": self._clock(),
             "readings": readings,
+            "ports": {name: _port_summary(port) for name, port in self.ports.items()},
         }
 
     # -- internals -------------------------------------------------------------------------
@@ -351,6 +354,17 @@ def _names(value: dict[str, Any], key: str) -> frozenset[str] | None:
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise ValueError(f"sensors filter {key!r} must be a list of names")
     return frozenset(names)
+
+
+def _port_summary(port: SerialPort) -> dict[str, Any]:
+    counters = port.counters
+    return {
+        "state": port.state.value,
+        "readings": counters.readings,
+        "bad_data": sum(counters.bad_data.values()),
+        "outages": counters.outages,
+        "units": dict(port.settings.units),
+    }
 
 
 def _json_or_none(reading: Reading | None) -> dict[str, Any] | None:

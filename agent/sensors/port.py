@@ -191,6 +191,8 @@ class SerialPort:
             "state": self._state.value,
             "framing": self.settings.framing.value,
             "writable": self.settings.writable,
+            "allow": list(self.settings.allow),
+            "units": dict(self.settings.units),
             "down_reason": self._down_reason if self._state is PortState.DOWN else None,
             **self.counters.as_json(),
         }

@@ -10,6 +10,7 @@ A ``[[serial]]`` entry in TOML::
     parse = 'T=(?P<temp>\\S+) H=(?P<humidity>\\S+)'
     writable = true
     allow = ['LED (ON|OFF)', 'FAN [0-9]{1,3}']
+    units = { temp = "°C", humidity = "%" }
 
 The models are standalone so ``agent.config.Settings`` can hold them as
 ``serial: list[SerialPortSettings]`` and ``sensors: SensorsSettings``.
@@ -21,7 +22,7 @@ import codecs
 import enum
 import re
 from collections.abc import Sequence
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -83,6 +84,10 @@ class SerialPortSettings(BaseModel):
     writable: bool = False
     # Commands must match one of these entirely (re.fullmatch) to be written; empty: any.
     allow: list[str] = Field(default_factory=list)
+    # Units of the fields, shown with the readings: {temp = "°C", humidity = "%"}.
+    units: dict[str, Annotated[str, Field(max_length=16)]] = Field(
+        default_factory=dict, max_length=64
+    )
 
     @field_validator("encoding")
     @classmethod

@@ -298,6 +298,9 @@ async def test_telemetry_posts_latest_readings_and_survives_failures(
         "device": "dev1",
         "ts": 1234.5,
         "readings": {"env": {"port": "env", "ts": 1234.5, "fields": {"temp": 20}}},
+        "ports": {
+            "env": {"state": "open", "readings": 1, "bad_data": 0, "outages": 0, "units": {}}
+        },
     }
 
 
