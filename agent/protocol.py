@@ -345,7 +345,7 @@ def _loads(text: str, max_depth: int) -> Any:
             f"the limit is {max_depth}."
         )
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        value = _DECODER.decode(text)
     except RecursionError:  # only if the caller's own stack was already deep
         raise _Refused("Frame nests arrays and objects too deeply to decode.") from None
     # JSON may escape half of a UTF-16 surrogate pair ("\ud800"), which is no Unicode
@@ -402,6 +402,10 @@ def _finite_float(literal: str) -> float:
             "Infinity); send a smaller number or a string."
         )
     return value
+
+
+# One decoder for every parse: json.loads with hooks would build a new one per call.
+_DECODER: Final = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 class _Invalid(Exception):

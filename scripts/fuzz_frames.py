@@ -18,9 +18,10 @@ violated, or anything the code under test raised) is counted, and the first exam
 each kind is printed. The figure that matters is "unexpected exceptions", which must be
 0; the exit status is 1 otherwise.
 
-``cost`` prints what the depth and finiteness checks cost: ``parse_client_frame`` against
-plain ``json.loads`` of the same text (the baseline, measured in the same run) on a
-typical frame and on the 64 KiB frames that make the depth scan work hardest.
+``cost`` prints what the depth and finiteness checks cost: ``decode_frame_text`` against
+plain ``json.loads`` of the same text (the baseline, measured in the same run), with the
+whole of ``parse_client_frame`` for scale, on a typical frame, on one with enough brackets
+to be scanned, and on the 64 KiB frames that make the depth scan work hardest.
 
     .venv/bin/python scripts/fuzz_frames.py                  # 100,000 cases per target
     .venv/bin/python scripts/fuzz_frames.py --cases 3000     # a quick look, ~1 min
@@ -63,11 +64,13 @@ from test_protocol_fuzz import (  # noqa: E402
     limits,
 )
 
-from agent.protocol import parse_client_frame  # noqa: E402
+from agent.protocol import Limits, decode_frame_text, parse_client_frame  # noqa: E402
 
 TARGETS: Final = ("client", "hub-frames", "hub", "cost")
 _BATCH: Final = 2_000
 _SHOWN: Final = 400
+_LIMITS: Final = Limits()  # built once, as the hub does
+_DEFAULT_DEPTH: Final = _LIMITS.max_json_depth
 
 
 @dataclass
@@ -194,15 +197,25 @@ def _print_cost() -> None:
         "64 KiB of [ (unclosed)": "[" * 65_536,
         "1,000 deep (2 KB)": '{"action":"keepAlive","x":' + "[" * 1000 + "]" * 1000 + "}",
     }
-    print("cost per frame: parse_client_frame vs json.loads of the same text (baseline)")
+    print(
+        "cost per frame, in us: json.loads (the baseline, no checks) | decode_frame_text "
+        "(the same with the depth scan and finiteness hooks) | parse_client_frame (all of it)"
+    )
     for name, text in frames.items():
-        ours = _per_call(functools.partial(parse_client_frame, text))
         try:
-            base = _per_call(functools.partial(json.loads, text))
-            baseline = f"{base * 1e6:8.1f} us"
+            baseline = f"{_per_call(functools.partial(json.loads, text)) * 1e6:9.1f}"
         except (RecursionError, ValueError) as exc:
-            baseline = f"raises {type(exc).__name__}"
-        print(f"  {name:<32} {ours * 1e6:8.1f} us   json.loads: {baseline}")
+            baseline = f"{type(exc).__name__:>9}"
+        checked = _per_call(functools.partial(_decode_or_refuse, text)) * 1e6
+        parsed = _per_call(functools.partial(parse_client_frame, text, _LIMITS)) * 1e6
+        print(f"  {name:<32} {baseline} | {checked:9.1f} | {parsed:9.1f}")
+
+
+def _decode_or_refuse(text: str) -> object:
+    try:
+        return decode_frame_text(text, max_depth=_DEFAULT_DEPTH)
+    except ValueError as exc:  # a refusal is this function's answer too
+        return exc
 
 
 def _per_call(call: Callable[[], object]) -> float:
