@@ -11,6 +11,9 @@ Usage::
 
 How it behaves where the reference leaves room:
 
+- **Several hubs.** ``url`` may be a list: the nodes of a hub cluster. Each attempt tries
+  them in turn, starting after the one last used, and every address of a name that
+  resolves to several; the first that accepts wins. A node's loss is then one reconnect.
 - **Reconnects forever, and soon.** A lost or refused connection is retried on the
   schedule of :class:`agent.retry.Reconnect`: within a second after a hub restart (close
   code 1012) and throughout the first minute of an outage, then backing off with full
@@ -51,9 +54,10 @@ import io
 import json
 import logging
 import re
+import socket
 import ssl
 import weakref
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Self, TypeAlias
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -147,7 +151,7 @@ class RealtimeClient(PushMethods):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         token: str,
         http_url: str | None = None,
@@ -166,9 +170,11 @@ class RealtimeClient(PushMethods):
         """Prepare a client; nothing connects until :meth:`connect_realtime`.
 
         Args:
-            url: The hub's WebSocket URL, ``ws[s]://HOST:PORT/ws``.
+            url: The hub's WebSocket URL, ``ws[s]://HOST:PORT/ws``, or the URLs of several
+                hub nodes to try in turn.
             token: The JWT the hub issued (``edge-agent token --user NAME``).
-            http_url: Base of the HTTP API; derived from ``url`` (``http[s]://HOST:PORT``).
+            http_url: Base of the HTTP API; derived from the URL in use
+                (``http[s]://HOST:PORT``).
             keepalive_interval: Seconds between ``keepAlive`` frames (the hosted service's 15).
             backoff: Factory of plain reconnect delays (see :func:`agent.retry.backoff`)
                 instead of the outage-aware schedule; for tests and comparisons.
@@ -188,12 +194,19 @@ class RealtimeClient(PushMethods):
         Raises:
             RealtimeError: INVALID_PARAMETER when the URL or token is malformed.
         """
-        self._url = _check_ws_url(url)
+        urls = [url] if isinstance(url, str) else list(url) if isinstance(url, Sequence) else [url]
+        if not urls:
+            raise RealtimeError(Codes.INVALID_PARAMETER, '"url" needs at least one hub URL.')
+        self._urls = tuple(_check_ws_url(u) for u in urls)
+        self._url = self._urls[0]
+        # The hub address the last connection used: the next attempt starts after it.
+        self._last: tuple[str, str | None] | None = None
         if not isinstance(token, str) or not token:
             raise RealtimeError(Codes.INVALID_PARAMETER, '"token" must be a non-empty string.')
         if keepalive_interval <= 0:
             raise RealtimeError(Codes.INVALID_PARAMETER, '"keepalive_interval" must be > 0.')
         self._token = token
+        self._http_fixed = http_url
         self._http_url = (http_url or _http_base(self._url)).rstrip("/")
         self._keepalive_interval = keepalive_interval
         self._backoff = backoff
@@ -243,8 +256,13 @@ class RealtimeClient(PushMethods):
 
     @property
     def url(self) -> str:
-        """The WebSocket URL, without the token."""
+        """The WebSocket URL in use (or to try first), without the token."""
         return self._url
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every hub URL this client tries, in the order given."""
+        return self._urls
 
     @property
     def http_url(self) -> str:
@@ -605,15 +623,40 @@ class RealtimeClient(PushMethods):
         return retry.Reconnect(self._reconnect)
 
     async def _open(self) -> ClientConnection:
+        """Connect to the first hub address that accepts, starting after the last used."""
+        candidates = _after(await _candidates(self._urls), self._last)
+        errors: list[Exception] = []
+        for url, address in candidates:
+            try:
+                ws = await self._connect(url, address)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the next address may work; the caller classifies
+                errors.append(exc)
+                if len(candidates) > 1:
+                    log.info("hub %s: %s; trying the next", _where(url, address), _describe(exc))
+                continue
+            self._last = (url, address)
+            if url != self._url:
+                self._url = url
+                self._http_url = (self._http_fixed or _http_base(url)).rstrip("/")
+            return ws
+        raise _most_telling(errors)
+
+    async def _connect(self, url: str, address: str | None) -> ClientConnection:
+        # ``host`` only changes where the TCP connection goes: the Host header and the
+        # TLS server name stay the URL's (websockets' connect passes it to the loop).
+        destination: dict[str, Any] = {} if address is None else {"host": address}
         return await connect(
-            _with_token(self._url, self._token),
+            _with_token(url, self._token),
             open_timeout=self._open_timeout,
             close_timeout=_CLOSE_SECONDS,
-            ssl=self._ssl if self._url.startswith("wss:") else None,
+            ssl=self._ssl if url.startswith("wss:") else None,
             logger=_RedactingLogger(logging.getLogger("websockets.client"), {}),
             # A hub on the LAN or loopback must not be reached through a proxy from the
             # environment; a deployment that needs one sets it up in front of the hub.
             proxy=None,
+            **destination,
         )
 
     async def _serve(self, ws: ClientConnection) -> Exception:
@@ -911,6 +954,52 @@ def _check_ws_url(url: str) -> str:
     if "token=" in parts.query:
         raise RealtimeError(Codes.INVALID_PARAMETER, 'Pass the token as token=..., not in "url".')
     return url
+
+
+async def _candidates(urls: Sequence[str]) -> list[tuple[str, str | None]]:
+    """(URL, address) pairs to try: every address of a name that resolves to several, else
+    the URL alone (``None``: connect resolves it, as for a single hub)."""
+    loop = asyncio.get_running_loop()
+    found: list[tuple[str, str | None]] = []
+    for url in urls:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError:
+            infos = []  # connect reports the resolver's error itself
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        if len(addresses) > 1:
+            found += [(url, address) for address in addresses]
+        else:
+            found.append((url, None))
+    return found
+
+
+def _after(
+    candidates: list[tuple[str, str | None]], last: tuple[str, str | None] | None
+) -> list[tuple[str, str | None]]:
+    """``candidates`` starting after ``last`` (tried last): a lost node is not tried first."""
+    if last not in candidates:
+        return candidates
+    start = candidates.index(last) + 1
+    return candidates[start:] + candidates[:start]
+
+
+def _most_telling(errors: list[Exception]) -> Exception:
+    """The error an attempt over several hubs reports: a refusal (the token) before an
+    outage, an outage before a setting no retry fixes (which is reported only if every
+    hub failed that way)."""
+    for wanted in (retry.Verdict.RETRY_AT_CAP, retry.Verdict.RETRY):
+        for error in errors:
+            if retry.classify(error) is wanted:
+                return error
+    return errors[0]
+
+
+def _where(url: str, address: str | None) -> str:
+    return url if address is None else f"{url} at {address}"
 
 
 def _http_base(ws_url: str) -> str:

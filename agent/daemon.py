@@ -133,12 +133,12 @@ class Agent:
 
     # -- hub connection --------------------------------------------------------------------
 
-    async def _hub_endpoint(self) -> tuple[str, str]:
+    async def _hub_endpoint(self) -> tuple[str | list[str], str]:
         connect = self.settings.connect
         if connect.url is None:
             return await self._start_embedded_hub()
         token = _read_token(self.settings)
-        return connect.url, token
+        return connect.urls, token
 
     async def _start_embedded_hub(self) -> tuple[str, str]:
         from agent.hub.accounts import Role
@@ -181,7 +181,7 @@ class Agent:
         write_secret(path, password.encode() + b"\n")
         return path
 
-    def _make_client(self, url: str, token: str) -> RealtimeClient:
+    def _make_client(self, url: str | list[str], token: str) -> RealtimeClient:
         from agent.client import RealtimeClient
         from agent.rtc.peer import PeerFactory
         from agent.rtc.settings import ice_options

@@ -14,17 +14,39 @@ Two halves, kept apart so that a Redis backplane drops in for a cluster of hub n
 
 Every method is ``async`` because the Redis one does I/O; the memory one never suspends, so
 a join or a publish here is atomic with respect to other connections.
+
+A node that dies takes its connections with it without detaching them; the backplane that
+notices (Redis: a surviving node whose reaper sees the node's presence key expire) hands
+each lost connection and its groups to the handler set with :meth:`Backplane.on_lost`, so
+that their members are told (USER_DISCONNECTED) exactly as for a connection closed here.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from pathlib import Path
+from typing import Protocol, TypeAlias, TypeVar
 
-__all__ = ["Backplane", "LocalDelivery", "Member", "MemoryBackplane", "Sink"]
+from agent.errors import EdgeAgentError
+
+__all__ = [
+    "Backplane",
+    "BackplaneError",
+    "LocalDelivery",
+    "LostHandler",
+    "Member",
+    "MemoryBackplane",
+    "Sink",
+    "backplane_for",
+]
 
 V = TypeVar("V")
+
+
+class BackplaneError(EdgeAgentError):
+    """The backplane cannot work: its engine is unreachable or refuses this node."""
 
 
 class Sink(Protocol):
@@ -91,10 +113,21 @@ class LocalDelivery:
         return True
 
 
+LostHandler: TypeAlias = Callable[["Member", list[str]], Awaitable[None]]
+
+
 class Backplane(abc.ABC):
     """Cluster-wide presence and routing of realtime frames."""
 
     local: LocalDelivery
+    _lost: LostHandler | None = None
+
+    async def start(self) -> None:  # noqa: B027 (optional hook: memory has nothing to open)
+        """Open what the backplane needs before the hub serves; ``BackplaneError`` if it can't."""
+
+    def on_lost(self, handler: LostHandler) -> None:
+        """Have ``handler(member, groups)`` called for each connection lost with its node."""
+        self._lost = handler
 
     @abc.abstractmethod
     async def attach(self, member: Member, sink: Sink, *, max_per_user: int) -> bool:
@@ -253,9 +286,24 @@ class MemoryBackplane(Backplane):
         """(connections, groups)."""
         return len(self._members), len(self._groups)
 
+    def snapshot(self) -> list[tuple[Member, list[str]]]:
+        """Every connection and its groups in join order, read at once (never suspends)."""
+        return [(m, list(self._memberships.get(scid, {}))) for scid, m in self._members.items()]
+
     def _drop_membership(self, scid: str, group: str) -> None:
         _discard(self._groups, group, scid)
         self.local.remove_from_group(scid, group)
+
+
+def backplane_for(setting: str, *, password_file: Path | None = None) -> Backplane:
+    """The backplane ``[hub] backplane`` names: ``"memory"``, or a ``redis[s]://`` URL."""
+    if setting == "memory":
+        return MemoryBackplane()
+    # Imported here: a single hub never loads the Redis client.
+    from agent.hub.backplane_redis import RedisBackplane, read_password_file
+
+    password = read_password_file(password_file) if password_file is not None else None
+    return RedisBackplane(setting, password=password)
 
 
 def _deliver(sinks: dict[str, Sink] | None, text: str, exclude: str | None) -> int:

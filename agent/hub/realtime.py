@@ -116,6 +116,7 @@ class RealtimeEndpoint:
         self._local: dict[str, tuple[Connection, int]] = {}
         access.subscribe(self._apply_access)
         self._backplane = backplane
+        backplane.on_lost(self._announce_disconnect)
         self._tokens = tokens
         self._accounts = accounts
         self._limits = limits
@@ -286,7 +287,7 @@ class RealtimeEndpoint:
         pushing = action.notification is not None and self._push is not None
         recipient = await self._recipient_id(action.uid, offline_too=pushing)
         # An id no account has is left to the NOT_FOUND answer below.
-        known = self._access.get(recipient) if recipient is not None else None
+        known = await self._access_of(recipient) if recipient is not None else None
         if known is not None and not self._may_reach(access, known):
             conn.error(Codes.FORBIDDEN, _no_shared_group(action.uid))
             return
@@ -314,6 +315,15 @@ class RealtimeEndpoint:
             found = account.user_id if account is not None else None
         return found
 
+    async def _access_of(self, user_id: str) -> Access | None:
+        """The access of ``user_id``; an account this node has not seen yet (one made
+        through another hub node since the last poll) is looked up now."""
+        known = self._access.get(user_id)
+        if known is None:
+            await self._access.refresh()
+            known = self._access.get(user_id)
+        return known
+
     async def _connected(self, user_id: str) -> bool:
         return bool(await self._backplane.user_connections(user_id))
 
@@ -327,7 +337,7 @@ class RealtimeEndpoint:
         if target is None:
             conn.error(Codes.NOT_FOUND, f'Connection "{cid}" is not connected.')
             return
-        recipient = self._access.get(target.user_id)
+        recipient = await self._access_of(target.user_id)
         if recipient is None or not self._may_reach(access, recipient):
             conn.error(Codes.FORBIDDEN, _no_shared_group(cid))
             return
@@ -370,8 +380,12 @@ class RealtimeEndpoint:
         conn.groups.clear()
         if self.on_presence is not None:
             self.on_presence(conn.member, False)
+        await self._announce_disconnect(conn.member, groups)
+
+    async def _announce_disconnect(self, member: Member, groups: list[str]) -> None:
+        """USER_DISCONNECTED to ``groups``: for a connection closed here, or lost with its node."""
         for group in groups:
-            notice = self._notice(conn.member, group, Notice.USER_DISCONNECTED)
+            notice = self._notice(member, group, Notice.USER_DISCONNECTED)
             await self._backplane.publish_group(group, notice)
 
     async def _apply_access(self, table: AccessTable) -> None:
