@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 from agent import __version__
 from agent.config import LOG_LEVELS, Settings, check_settings_file, load_settings, parse_duration
 from agent.errors import AccountError, ConfigError, EdgeAgentError
-from agent.hub.accounts import ACCOUNTS_FILE, Account, AccountStore, Role, check_new_password
+from agent.hub.accounts import Account, AccountStore, Role, check_new_password
 from agent.statedir import resolve_state_dir
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 # -- parser -------------------------------------------------------------------------------
 
 if TYPE_CHECKING:
+    from agent.hub.records import HubRecords
+
     _Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
@@ -115,6 +117,13 @@ def _add_hub(commands: _Commands) -> None:
     hub = commands.add_parser("hub", parents=_options(), help="run a hub")
     hub.add_argument("--host", help="address to listen on (hub.host)")
     hub.add_argument("--port", type=_port, help="port to listen on, 0 for any (hub.port)")
+    hub.add_argument(
+        "action",
+        nargs="?",
+        choices=["migrate"],
+        help="migrate: bring the database's tables up to date and exit (a starting hub "
+        "does this too)",
+    )
     hub.set_defaults(handler=_cmd_hub)
 
 
@@ -277,6 +286,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_hub(args: argparse.Namespace) -> int:
+    if args.action == "migrate":
+        return _cmd_hub_migrate(args)
     settings = _load(args, state_dir=args.state_dir, hub__host=args.host, hub__port=args.port)
     # Resolved here, by the same rule as `user` and `token`, so all three share one directory.
     settings = settings.model_copy(update={"state_dir": resolve_state_dir(settings.state_dir)})
@@ -285,10 +296,25 @@ def _cmd_hub(args: argparse.Namespace) -> int:
     return run_hub(settings)
 
 
+def _cmd_hub_migrate(args: argparse.Namespace) -> int:
+    from agent.hub.records import HUB_SCHEMAS
+    from agent.hub.snapshots import SnapshotStore
+    from agent.push.store import SubscriptionStore
+
+    with _records(args) as records:  # opening a store applies what it is missing
+        where = records.where
+        if isinstance(records.push, Path):  # SQLite: each store has its own file
+            SubscriptionStore(records.push).close()
+        if isinstance(records.snapshots, Path):
+            SnapshotStore(records.snapshots).close()
+    names = ", ".join(schema.domain for schema in HUB_SCHEMAS)
+    print(f"{where}: up to date ({names})")
+    return EXIT_OK
+
+
 def _cmd_user_add(args: argparse.Namespace) -> int:
-    state_dir = _state_dir(args)
     password = _new_password(args)
-    with _accounts(state_dir) as store:
+    with _accounts(args) as store:
         account = store.add(
             args.name,
             password,
@@ -305,7 +331,7 @@ def _cmd_user_add(args: argparse.Namespace) -> int:
 
 
 def _cmd_user_list(args: argparse.Namespace) -> int:
-    with _accounts(_state_dir(args)) as store:
+    with _accounts(args) as store:
         accounts = store.list()
     rows = [("NAME", "ROLE", "USER ID", "GROUPS")]
     rows += [(a.name, a.role.value, a.user_id, _grants_text(a)) for a in accounts]
@@ -322,7 +348,7 @@ def _grants_text(account: Account) -> str:
 
 
 def _cmd_user_grants(args: argparse.Namespace) -> int:
-    with _accounts(_state_dir(args)) as store:
+    with _accounts(args) as store:
         change = store.grant if args.verb == "grant" else store.revoke
         grants = change(args.name, args.groups)
     print(f"{args.name}: {', '.join(grants) or 'no groups'}")
@@ -333,21 +359,21 @@ def _cmd_user_password(args: argparse.Namespace) -> int:
     password = _new_password(args)
     if password is None:
         raise AccountError("Give the new password with --password-stdin or at a terminal.")
-    with _accounts(_state_dir(args)) as store:
+    with _accounts(args) as store:
         store.set_password(args.name, password, min_password_length=_min_password_length(args))
     print(f"{args.name}: new password set; earlier tokens revoked")
     return EXIT_OK
 
 
 def _cmd_user_role(args: argparse.Namespace) -> int:
-    with _accounts(_state_dir(args)) as store:
+    with _accounts(args) as store:
         store.set_role(args.name, Role(args.role))
     print(f"{args.name}: {args.role}")
     return EXIT_OK
 
 
 def _cmd_user_remove(args: argparse.Namespace) -> int:
-    with _accounts(_state_dir(args)) as store:
+    with _accounts(args) as store:
         store.remove(args.name)
     print(f"removed {args.name}")
     return EXIT_OK
@@ -356,17 +382,15 @@ def _cmd_user_remove(args: argparse.Namespace) -> int:
 def _cmd_token(args: argparse.Namespace) -> int:
     from agent.hub.tokens import TokenIssuer  # lazy: only this command needs jwt
 
-    state_dir = _state_dir(args)
-    if args.action == "revoke":
-        with _accounts(state_dir) as store:
-            generation = store.revoke_tokens(args.user)
-        print(f"revoked every token of {args.user} (generation {generation})", file=sys.stderr)
-        return EXIT_OK
-    with _accounts(state_dir) as store:
-        account = store.get_by_name(args.user)
-    if account is None:
-        raise AccountError(f'No account named "{args.user}" (see: edge-agent user list).')
-    token = TokenIssuer.from_state_dir(state_dir).issue(account, args.ttl)
+    with _records(args) as records:
+        if args.action == "revoke":
+            generation = records.accounts.revoke_tokens(args.user)
+            print(f"revoked every token of {args.user} (generation {generation})", file=sys.stderr)
+            return EXIT_OK
+        account = records.accounts.get_by_name(args.user)
+        if account is None:
+            raise AccountError(f'No account named "{args.user}" (see: edge-agent user list).')
+        token = TokenIssuer.from_secrets(records.secrets).issue(account, args.ttl)
     sys.stdout.write(token + "\n")
     return EXIT_OK
 
@@ -429,16 +453,26 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 @contextlib.contextmanager
-def _accounts(state_dir: Path) -> Iterator[AccountStore]:
-    path = state_dir / ACCOUNTS_FILE
+def _accounts(args: argparse.Namespace) -> Iterator[AccountStore]:
+    with _records(args) as records:
+        yield records.accounts
+
+
+@contextlib.contextmanager
+def _records(args: argparse.Namespace) -> Iterator[HubRecords]:
+    """The hub's records as the settings place them (state directory or database)."""
+    from agent.hub.records import open_records
+
+    settings = _load(args, state_dir=args.state_dir)
+    state_dir = resolve_state_dir(settings.state_dir)
     try:
-        store = AccountStore(path)
+        records = open_records(settings.hub, state_dir)
     except (OSError, sqlite3.Error) as exc:
-        raise AccountError(f"cannot open the accounts database {path}: {exc}") from exc
+        raise AccountError(f"cannot open the hub's records in {state_dir}: {exc}") from exc
     try:
-        yield store
+        yield records
     finally:
-        store.close()
+        records.close()
 
 
 def _new_password(args: argparse.Namespace) -> str | None:

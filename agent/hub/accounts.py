@@ -27,7 +27,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 import time
 import uuid
 from collections.abc import Iterable
@@ -35,10 +34,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from agent.database import (
+    Database,
+    Migration,
+    Schema,
+    SqliteDatabase,
+    Tx,
+    integrity_errors,
+    migrate,
+)
 from agent.errors import AccountError, AccountNotFoundError
 from agent.hub.grants import check_grant
 from agent.protocol import is_user_id
-from agent.storage import PrivateDatabase
 
 __all__ = [
     "ACCOUNTS_FILE",
@@ -70,34 +77,37 @@ _SALT_BYTES: Final = 16
 # Every change to accounts, grants or token generations bumps ``revision`` in the same
 # transaction: hubs (this process or another node on the same database) poll it to apply
 # changes to open connections.
-_SCHEMA: Final = (
-    """
-    CREATE TABLE IF NOT EXISTS accounts (
-        user_id TEXT PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        role TEXT NOT NULL,
-        password_hash TEXT,
-        created_at REAL NOT NULL
-    )
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS grants (
-        user_id TEXT NOT NULL,
-        grant_pattern TEXT NOT NULL,
-        PRIMARY KEY (user_id, grant_pattern)
-    )
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS account_meta (
-        key TEXT PRIMARY KEY,
-        value INTEGER NOT NULL
-    )
-    """,
-    "INSERT OR IGNORE INTO account_meta VALUES ('revision', 0)",
-)
-# Added after the first release: an older file gets the column on open.
-_GENERATION_COLUMN: Final = (
-    "ALTER TABLE accounts ADD COLUMN token_generation INTEGER NOT NULL DEFAULT 0"
+ACCOUNTS_SCHEMA: Final = Schema(
+    "accounts",
+    (
+        Migration(
+            1,
+            "accounts",
+            (
+                """CREATE TABLE IF NOT EXISTS accounts (
+                    user_id TEXT PRIMARY KEY,
+                    name TEXT NOT NULL UNIQUE,
+                    role TEXT NOT NULL,
+                    password_hash TEXT,
+                    created_at {real} NOT NULL
+                )""",
+            ),
+        ),
+        Migration(
+            2,
+            "grants and token generations",
+            (
+                """CREATE TABLE grants (
+                    user_id TEXT NOT NULL,
+                    grant_pattern TEXT NOT NULL,
+                    PRIMARY KEY (user_id, grant_pattern)
+                )""",
+                "CREATE TABLE account_meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+                "INSERT INTO account_meta (key, value) VALUES ('revision', 0)",
+                "ALTER TABLE accounts ADD COLUMN token_generation INTEGER NOT NULL DEFAULT 0",
+            ),
+        ),
+    ),
 )
 
 
@@ -123,18 +133,19 @@ class Account:
 
 
 class AccountStore:
-    """Accounts in an SQLite file (mode 0600)."""
+    """Accounts in a :class:`~agent.database.Database` (a path: a private SQLite file)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._store = PrivateDatabase(path)
-        self._lock, self._db = self._store.lock, self._store.connection
-        with self._store.transaction() as db:
-            for statement in _SCHEMA:
-                db.execute(statement)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(accounts)")}
-            if "token_generation" not in columns:
-                db.execute(_GENERATION_COLUMN)
+    def __init__(self, database: Database | Path) -> None:
+        self._database = SqliteDatabase(database) if isinstance(database, Path) else database
+        self._owns_database = isinstance(database, Path)  # else the caller closes it
+        # The SQLite file, when that is the engine (tools and tests look at it).
+        self.path = self._database.path if isinstance(self._database, SqliteDatabase) else None
+        migrate(self._database, ACCOUNTS_SCHEMA, now=time.time())
+
+    @property
+    def database(self) -> Database:
+        """Where the accounts are kept."""
+        return self._database
 
     def add(
         self,
@@ -151,8 +162,11 @@ class AccountStore:
         grants = _check_grants(groups)
         digest = None if password is None else _new_hash(password, min_password_length)
         account = Account(str(uuid.uuid4()), name, Role(role), time.time(), grants)
+        taken = AccountError(f'An account named "{name}" already exists.')
         try:
-            with self._store.transaction() as db:
+            with self._database.transaction() as db:
+                if db.execute("SELECT 1 FROM accounts WHERE name = ?", (name,)).fetchone():
+                    raise taken
                 db.execute(
                     "INSERT INTO accounts (user_id, name, role, password_hash, created_at) "
                     "VALUES (?, ?, ?, ?, ?)",
@@ -160,13 +174,13 @@ class AccountStore:
                 )
                 _insert_grants(db, account.user_id, grants)
                 _bump_revision(db)
-        except sqlite3.IntegrityError as exc:
-            raise AccountError(f'An account named "{name}" already exists.') from exc
+        except integrity_errors() as exc:  # another process took the name meanwhile
+            raise taken from exc
         return account
 
     def remove(self, name: str) -> None:
         """Delete the account ``name`` and its grants; ``AccountError`` if there is none."""
-        with self._store.transaction() as db:
+        with self._database.transaction() as db:
             user_id = _user_id_of(db, name)
             db.execute("DELETE FROM grants WHERE user_id = ?", (user_id,))
             db.execute("DELETE FROM accounts WHERE user_id = ?", (user_id,))
@@ -175,7 +189,7 @@ class AccountStore:
     def grant(self, name: str, groups: Iterable[str]) -> tuple[str, ...]:
         """Grant ``groups`` (names or ``prefix*``) to ``name``; its grants after."""
         grants = _check_grants(groups)
-        with self._store.transaction() as db:
+        with self._database.transaction() as db:
             user_id = _user_id_of(db, name)
             _insert_grants(db, user_id, grants)
             _bump_revision(db)
@@ -184,7 +198,7 @@ class AccountStore:
     def revoke(self, name: str, groups: Iterable[str]) -> tuple[str, ...]:
         """Take ``groups`` back from ``name`` (exactly as granted); its grants after."""
         grants = _check_grants(groups)
-        with self._store.transaction() as db:
+        with self._database.transaction() as db:
             user_id = _user_id_of(db, name)
             held = set(_grants_of(db, user_id))
             missing = [g for g in grants if g not in held]
@@ -202,7 +216,7 @@ class AccountStore:
 
     def set_role(self, name: str, role: Role) -> None:
         """Change the role of ``name``; open connections follow from their next frame."""
-        with self._store.transaction() as db:
+        with self._database.transaction() as db:
             user_id = _user_id_of(db, name)
             db.execute(
                 "UPDATE accounts SET role = ? WHERE user_id = ?", (Role(role).value, user_id)
@@ -211,7 +225,7 @@ class AccountStore:
 
     def revoke_tokens(self, name: str) -> int:
         """Invalidate every token issued to ``name`` so far; the new generation."""
-        with self._store.transaction() as db:
+        with self._database.transaction() as db:
             user_id = _user_id_of(db, name)
             db.execute(
                 "UPDATE accounts SET token_generation = token_generation + 1 WHERE user_id = ?",
@@ -225,15 +239,13 @@ class AccountStore:
 
     def revision(self) -> int:
         """A number that moves whenever an account, grant or token generation changes."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT value FROM account_meta WHERE key = 'revision'"
-            ).fetchone()
+        with self._database.read() as db:
+            row = db.execute("SELECT value FROM account_meta WHERE key = 'revision'").fetchone()
         return int(row[0])
 
     def snapshot(self) -> tuple[int, builtins.list[Account]]:
         """The revision and every account, read in one transaction."""
-        with self._store.transaction() as db:
+        with self._database.transaction() as db:
             row = db.execute("SELECT value FROM account_meta WHERE key = 'revision'").fetchone()
             return int(row[0]), _select(db, "ORDER BY name", ())
 
@@ -259,8 +271,8 @@ class AccountStore:
         each cost one scrypt against a dummy hash, like a wrong password: neither the answer
         nor its timing tells which names exist.
         """
-        with self._lock:
-            row = self._db.execute(
+        with self._database.read() as db:
+            row = db.execute(
                 "SELECT password_hash FROM accounts WHERE name = ?", (name,)
             ).fetchone()
         stored = row[0] if row else None
@@ -278,7 +290,7 @@ class AccountStore:
         Every token issued before is revoked: a changed password ends old sessions.
         """
         digest = None if password is None else _new_hash(password, min_password_length)
-        with self._store.transaction() as db:
+        with self._database.transaction() as db:
             user_id = _user_id_of(db, name)
             db.execute(
                 "UPDATE accounts SET password_hash = ?, token_generation = token_generation + 1 "
@@ -288,15 +300,16 @@ class AccountStore:
             _bump_revision(db)
 
     def close(self) -> None:
-        """Close the database."""
-        self._store.close()
+        """Close the database, if this store opened it."""
+        if self._owns_database:
+            self._database.close()
 
     def _select(self, where: str, args: tuple[str, ...]) -> builtins.list[Account]:
-        with self._lock:
-            return _select(self._db, where, args)
+        with self._database.read() as db:
+            return _select(db, where, args)
 
 
-def _select(db: sqlite3.Connection, where: str, args: tuple[str, ...]) -> list[Account]:
+def _select(db: Tx, where: str, args: tuple[str, ...]) -> list[Account]:
     sql = (
         "SELECT user_id, name, role, created_at, token_generation FROM accounts "  # noqa: S608 (fixed clauses)
         + where
@@ -306,35 +319,35 @@ def _select(db: sqlite3.Connection, where: str, args: tuple[str, ...]) -> list[A
     if rows:
         for user_id, pattern in db.execute(
             "SELECT user_id, grant_pattern FROM grants ORDER BY grant_pattern"
-        ):
+        ).fetchall():
             grants.setdefault(user_id, []).append(pattern)
     return [
-        Account(r[0], r[1], Role(r[2]), r[3], tuple(grants.get(r[0], ())), int(r[4]))
-        for r in rows
+        Account(r[0], r[1], Role(r[2]), r[3], tuple(grants.get(r[0], ())), int(r[4])) for r in rows
     ]
 
 
-def _user_id_of(db: sqlite3.Connection, name: str) -> str:
+def _user_id_of(db: Tx, name: str) -> str:
     row = db.execute("SELECT user_id FROM accounts WHERE name = ?", (name,)).fetchone()
     if row is None:
         raise AccountNotFoundError(name)
     return str(row[0])
 
 
-def _grants_of(db: sqlite3.Connection, user_id: str) -> tuple[str, ...]:
+def _grants_of(db: Tx, user_id: str) -> tuple[str, ...]:
     rows = db.execute(
         "SELECT grant_pattern FROM grants WHERE user_id = ? ORDER BY grant_pattern", (user_id,)
-    )
+    ).fetchall()
     return tuple(row[0] for row in rows)
 
 
-def _insert_grants(db: sqlite3.Connection, user_id: str, grants: Iterable[str]) -> None:
+def _insert_grants(db: Tx, user_id: str, grants: Iterable[str]) -> None:
     db.executemany(
-        "INSERT OR IGNORE INTO grants VALUES (?, ?)", [(user_id, grant) for grant in grants]
+        "INSERT INTO grants (user_id, grant_pattern) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        [(user_id, grant) for grant in grants],
     )
 
 
-def _bump_revision(db: sqlite3.Connection) -> None:
+def _bump_revision(db: Tx) -> None:
     db.execute("UPDATE account_meta SET value = value + 1 WHERE key = 'revision'")
 
 

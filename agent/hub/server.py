@@ -27,14 +27,14 @@ import uvicorn.config
 
 from agent.errors import ConfigError
 from agent.hub.access import AccessTable
-from agent.hub.accounts import ACCOUNTS_FILE, AccountStore
 from agent.hub.app import STATIC_DIR, HubApplication, HubServices
-from agent.hub.backplane import Backplane, backplane_for
+from agent.hub.backplane import Backplane, MemoryBackplane
 from agent.hub.devices_api import IceServerItem
 from agent.hub.events_api import EventsService
 from agent.hub.history import EVENTS_FILE, SqliteEventStore
 from agent.hub.login import LoginGuard
 from agent.hub.metrics import HubMetrics
+from agent.hub.records import open_records
 from agent.hub.recorder import HistoryRecorder
 from agent.hub.snapshots import SnapshotStore
 from agent.hub.tokens import TokenIssuer
@@ -73,22 +73,26 @@ class HubServer:
     ) -> None:
         self.settings = settings
         self.state_dir = resolve_state_dir(state_dir or settings.state_dir)
-        self.accounts = AccountStore(self.state_dir / ACCOUNTS_FILE)
+        self.records = open_records(settings.hub, self.state_dir)
+        self.accounts = self.records.accounts
         self.access = AccessTable(self.accounts)
         self._access_watch: contextlib.AsyncExitStack | None = None
-        self.tokens = TokenIssuer.from_state_dir(self.state_dir)
-        self.backplane: Backplane = backplane_for(
-            settings.hub.backplane, password_file=settings.hub.backplane_password_file
-        )
+        self.tokens = TokenIssuer.from_secrets(self.records.secrets)
+        self.backplane: Backplane = MemoryBackplane()
         self.metrics = HubMetrics()
         self.login_guard = LoginGuard(
             self.accounts,
             kdf_threads=settings.hub.login.kdf_threads,
             kdf_queue=settings.hub.login.kdf_queue,
         )
-        self.push = PushService.from_state_dir(
-            self.state_dir, settings.push, accounts=self.accounts
+        self.push = (
+            PushService.from_state_dir(self.state_dir, settings.push, accounts=self.accounts)
+            if isinstance(self.records.push, Path)
+            else PushService.from_database(
+                self.records.push, self.records.secrets, settings.push, accounts=self.accounts
+            )
         )
+        self.snapshots = SnapshotStore(self.records.snapshots)
         self.history = self._history(settings)
         self._history_run: contextlib.AsyncExitStack | None = None
         self.app = HubApplication(
@@ -109,7 +113,7 @@ class HubServer:
                     if self.history is not None
                     else None
                 ),
-                snapshots=SnapshotStore(self.state_dir / "snapshots"),
+                snapshots=self.snapshots,
                 ice=ice_server_source(
                     settings, tuple(_ice_item(s) for s in settings.hub.ice_servers)
                 ),
@@ -147,8 +151,6 @@ class HubServer:
             raise RuntimeError("The hub is already started.")
         _install_log_redaction()
         config = self._uvicorn_config()
-        # Routing first: a connection accepted before it could not reach other nodes.
-        await self.backplane.start()
         sock = _bind(self.settings.hub.host, self.settings.hub.port)
         server = uvicorn.Server(config)
         await self._start_history()  # before any device can connect
@@ -190,7 +192,8 @@ class HubServer:
         await self.backplane.close()
         await self.push.aclose()
         self.login_guard.close()
-        self.accounts.close()
+        self.snapshots.close()
+        self.records.close()
 
     def _history(self, settings: Settings) -> HistoryRecorder | None:
         """The event history ([hub.events]), or ``None`` when it is turned off."""

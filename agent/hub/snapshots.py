@@ -1,8 +1,9 @@
 """Camera snapshots that alerts link to: devices upload a JPEG, people fetch it by id.
 
 Push payloads stay small (RFC 8030 services take about 4 KB), so an alert carries only the
-link. Files live in the hub's state directory (``snapshots/``, mode 0600), are bounded in
-size and number, and the oldest are removed first. Each file records the account that
+link. They are kept in the hub's database (``snapshots.db`` in the state directory, mode
+0600, or the database the hub nodes share, so that a link works on every node), bounded in
+size and number, the oldest removed first. Each file records the account that
 uploaded it; a snapshot is shown only to that account, admins, and accounts that share a
 granted group with it (the people its alerts are for), the same rule as messages.
 
@@ -11,9 +12,9 @@ signatures at definition time, and they name the injected dependency, a local va
 """
 
 import asyncio
-import os
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Final
@@ -22,11 +23,18 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from agent.database import Database, Migration, Schema, SqliteDatabase, Tx, migrate
 from agent.errors import Codes, RealtimeError
 from agent.hub.access import Access, AccessTable
 from agent.hub.accounts import Account, Role
 
-__all__ = ["SNAPSHOTS_PATH", "SnapshotStore", "StoredSnapshot", "add_snapshot_routes"]
+__all__ = [
+    "SNAPSHOTS_PATH",
+    "SNAPSHOTS_SCHEMA",
+    "SnapshotStore",
+    "StoredSnapshot",
+    "add_snapshot_routes",
+]
 
 SNAPSHOTS_PATH: Final = "/api/snapshots"
 MAX_BYTES: Final = 1024 * 1024
@@ -43,12 +51,35 @@ class StoredSnapshot(BaseModel):
     url: str
 
 
-class SnapshotStore:
-    """JPEG files in ``directory``; synchronous (callers use ``asyncio.to_thread``)."""
+SNAPSHOTS_SCHEMA: Final = Schema(
+    "snapshots",
+    (
+        Migration(
+            1,
+            "snapshots",
+            (
+                """CREATE TABLE IF NOT EXISTS snapshots (
+                    id TEXT PRIMARY KEY,
+                    owner TEXT NOT NULL,
+                    created_at {real} NOT NULL,
+                    jpeg {blob} NOT NULL
+                )""",
+                "CREATE INDEX IF NOT EXISTS snapshots_age ON snapshots (created_at)",
+            ),
+        ),
+    ),
+)
 
-    def __init__(self, directory: Path, *, max_files: int = MAX_FILES) -> None:
-        self.directory = directory
+
+class SnapshotStore:
+    """JPEGs in a database (a path: a private SQLite file); synchronous (callers use
+    ``asyncio.to_thread``)."""
+
+    def __init__(self, database: Database | Path, *, max_files: int = MAX_FILES) -> None:
+        self._database = SqliteDatabase(database) if isinstance(database, Path) else database
+        self._owns_database = isinstance(database, Path)  # else the caller closes it
         self._max_files = max_files
+        migrate(self._database, SNAPSHOTS_SCHEMA, now=time.time())
 
     def put(self, jpeg: bytes, *, owner: str) -> str:
         """Store ``jpeg`` uploaded by user id ``owner``; its new id.
@@ -62,31 +93,40 @@ class SnapshotStore:
                 Codes.INVALID_PARAMETER,
                 f"The snapshot is {len(jpeg)} bytes; the limit is {MAX_BYTES}.",
             )
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         snapshot_id = secrets.token_hex(16)
-        fd = os.open(
-            self.directory / f"{snapshot_id}.{owner}.jpg",
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-            0o600,
-        )
-        with os.fdopen(fd, "wb") as file:
-            file.write(jpeg)
-        self._prune()
+        with self._database.transaction() as db:
+            db.execute(
+                "INSERT INTO snapshots (id, owner, created_at, jpeg) VALUES (?, ?, ?, ?)",
+                (snapshot_id, owner, time.time(), jpeg),
+            )
+            self._prune(db)
         return snapshot_id
 
     def get(self, snapshot_id: str) -> tuple[bytes, str]:
         """The JPEG stored as ``snapshot_id`` and its owner; ``RealtimeError`` NOT_FOUND."""
-        valid = _ID_RE.match(snapshot_id) is not None
-        found = list(self.directory.glob(f"{snapshot_id}.*.jpg")) if valid else []
-        if len(found) != 1:
+        row = None
+        if _ID_RE.match(snapshot_id):
+            with self._database.read() as db:
+                row = db.execute(
+                    "SELECT jpeg, owner FROM snapshots WHERE id = ?", (snapshot_id,)
+                ).fetchone()
+        if row is None:
             raise RealtimeError(Codes.NOT_FOUND, f'No snapshot "{snapshot_id}".')
-        owner = found[0].name.split(".")[1]
-        return found[0].read_bytes(), owner
+        return bytes(row[0]), str(row[1])
 
-    def _prune(self) -> None:
-        files = sorted(self.directory.glob("*.jpg"), key=lambda p: p.stat().st_mtime_ns)
-        for old in files[: max(0, len(files) - self._max_files)]:
-            old.unlink(missing_ok=True)
+    def close(self) -> None:
+        """Close the database, if this store opened it."""
+        if self._owns_database:
+            self._database.close()
+
+    def _prune(self, db: Tx) -> None:
+        count = int(db.execute("SELECT COUNT(*) FROM snapshots").fetchone()[0])
+        if count > self._max_files:
+            old = db.execute(
+                "SELECT id FROM snapshots ORDER BY created_at, id LIMIT ?",
+                (count - self._max_files,),
+            ).fetchall()
+            db.executemany("DELETE FROM snapshots WHERE id = ?", [(row[0],) for row in old])
 
 
 def add_snapshot_routes(

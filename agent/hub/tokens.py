@@ -17,9 +17,9 @@ from typing import Any, Final
 
 import jwt
 
+from agent.database import FileSecrets, SecretStore
 from agent.errors import AuthError, ConfigError
 from agent.hub.accounts import Account, Role
-from agent.statedir import read_or_create_secret
 
 __all__ = ["SECRET_FILE", "Claims", "TokenIssuer"]
 
@@ -54,13 +54,22 @@ class TokenIssuer:
     @classmethod
     def from_state_dir(cls, state_dir: Path) -> TokenIssuer:
         """The issuer whose secret is ``state_dir/jwt-secret`` (made, mode 0600, on first use)."""
-        path = state_dir / SECRET_FILE
-        secret = read_or_create_secret(path, lambda: secrets.token_bytes(_NEW_SECRET_BYTES))
+        return cls.from_secrets(FileSecrets(state_dir))
+
+    @classmethod
+    def from_secrets(cls, store: SecretStore) -> TokenIssuer:
+        """The issuer whose secret is ``jwt-secret`` in ``store`` (made on first use).
+
+        Hub nodes sharing a database share the secret through it: a token from any node
+        is good on every node.
+        """
+        secret = store.get_or_create(SECRET_FILE, lambda: secrets.token_bytes(_NEW_SECRET_BYTES))
         if len(secret) < _MIN_SECRET_BYTES:
+            where = store.state_dir / SECRET_FILE if isinstance(store, FileSecrets) else None
             raise ConfigError(
                 f"The token secret is {len(secret)} bytes; at least 32 are needed. "
-                "Delete the file to make a new one (every issued token stops working).",
-                file=path,
+                "Delete it to make a new one (every issued token stops working).",
+                file=where,
             )
         return cls(secret)
 

@@ -11,45 +11,30 @@ row of an endpoint (its *head*) is ever claimed, so a push service that answers 
 (a newer ``Topic`` message must not be replaced by an older one arriving late).
 
 Claims are leases: a claimed row carries ``leased_until`` and is not claimed again before
-then. The hub clears every lease when it starts (:meth:`SqliteDeliveryQueue.release_leases`:
-one hub owns this file), so rows claimed by a crashed hub are sent again at once.
+then. A hub that owns its database alone (SQLite) clears every lease when it starts
+(:meth:`SqliteDeliveryQueue.release_leases`), so rows claimed by a crashed hub are sent
+again at once; on a database several nodes share (PostgreSQL) a dead node's leases simply
+run out, and a claim takes its rows with ``FOR UPDATE SKIP LOCKED``, so two nodes never
+claim the same row: each delivery goes out once, from whichever node claims it.
 
 The SQL is deliberately plain (no ``RETURNING``, no upsert tricks, no SQLite functions):
-the same statements are meant to run on PostgreSQL when hub records move there. The
-:class:`DeliveryQueue` protocol is the seam.
+the same statements run on both engines. The :class:`DeliveryQueue` protocol is the seam.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from agent.database import Tx
 from agent.push.message import PushMessage, Urgency
 from agent.push.store import StoredSubscription, SubscriptionStore
 from agent.push.subscriptions import Subscription
 
 __all__ = ["Delivery", "DeliveryQueue", "QueueFullError", "QueueStats", "SqliteDeliveryQueue"]
 
-_SCHEMA: Final = (
-    """CREATE TABLE IF NOT EXISTS push_queue (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        endpoint TEXT NOT NULL,
-        user_id TEXT NOT NULL,
-        payload TEXT NOT NULL,
-        ttl INTEGER NOT NULL,
-        urgency TEXT NOT NULL,
-        topic TEXT,
-        created_at REAL NOT NULL,
-        expires_at REAL NOT NULL,
-        attempts INTEGER NOT NULL,
-        next_attempt_at REAL NOT NULL,
-        leased_until REAL
-    )""",
-    "CREATE INDEX IF NOT EXISTS push_queue_endpoint ON push_queue (endpoint, id)",
-)
 # The oldest row of every endpoint: the only one that may be sent now.
 _HEADS: Final = "SELECT MIN(id) FROM push_queue GROUP BY endpoint"
 _COLUMNS: Final = (
@@ -136,11 +121,9 @@ class SqliteDeliveryQueue:
     """The queue in the push database, beside the subscriptions (see the module docstring)."""
 
     def __init__(self, store: SubscriptionStore) -> None:
+        # The tables come with the store's migrations (agent.push.store.PUSH_SCHEMA).
         self._subscriptions = store
         self._store = store.database
-        with self._store.transaction() as db:
-            for statement in _SCHEMA:
-                db.execute(statement)
 
     def accept(
         self,
@@ -203,7 +186,7 @@ class SqliteDeliveryQueue:
             "LEFT JOIN subscriptions s ON s.endpoint = q.endpoint "
             f"WHERE q.id IN ({_HEADS}) AND q.next_attempt_at <= ? "
             "AND (q.leased_until IS NULL OR q.leased_until <= ?) "
-            "ORDER BY q.next_attempt_at, q.id LIMIT ?"
+            "ORDER BY q.next_attempt_at, q.id LIMIT ?" + self._store.dialect.for_update
         )
         with self._store.transaction() as db:
             found = db.execute(sql, (now, now, limit)).fetchall()
@@ -222,8 +205,8 @@ class SqliteDeliveryQueue:
     def next_due(self) -> float | None:
         """When the next head falls due (or its lease ends); ``None`` when empty."""
         sql = f"SELECT MIN(COALESCE(leased_until, next_attempt_at)) FROM push_queue WHERE id IN ({_HEADS})"  # noqa: S608, E501 (a fixed clause)
-        with self._store.lock:
-            row = self._store.connection.execute(sql).fetchone()
+        with self._store.read() as db:
+            row = db.execute(sql).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
     def delivered(self, delivery_id: int) -> None:
@@ -257,28 +240,26 @@ class SqliteDeliveryQueue:
             )
 
     def release_leases(self) -> None:
-        """Forget every lease."""
+        """Forget every lease, where this hub is the database's only user."""
+        if self._store.shared:
+            return  # other nodes' leases are theirs; a dead node's run out on their own
         with self._store.transaction() as db:
             db.execute("UPDATE push_queue SET leased_until = NULL WHERE leased_until IS NOT NULL")
 
     def stats(self) -> QueueStats:
         """Depth and the oldest row's acceptance time."""
-        with self._store.lock:
-            row = self._store.connection.execute(
-                "SELECT COUNT(*), MIN(created_at) FROM push_queue"
-            ).fetchone()
+        with self._store.read() as db:
+            row = db.execute("SELECT COUNT(*), MIN(created_at) FROM push_queue").fetchone()
         return QueueStats(int(row[0]), None if row[1] is None else float(row[1]))
 
     def endpoints(self) -> list[str]:
         """The endpoint of every row, oldest first (for tests and tools)."""
-        with self._store.lock:
-            rows = self._store.connection.execute(
-                "SELECT endpoint FROM push_queue ORDER BY id"
-            ).fetchall()
+        with self._store.read() as db:
+            rows = db.execute("SELECT endpoint FROM push_queue ORDER BY id").fetchall()
         return [str(row[0]) for row in rows]
 
 
-def _count(db: sqlite3.Connection) -> int:
+def _count(db: Tx) -> int:
     return int(db.execute("SELECT COUNT(*) FROM push_queue").fetchone()[0])
 
 

@@ -40,6 +40,7 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 
+from agent.database import Database, SecretStore
 from agent.errors import Codes, RealtimeError
 from agent.protocol import Notification
 from agent.push.message import PushMessage, message_from_notification, parse_send_request
@@ -129,6 +130,23 @@ class PushService:
             store=SubscriptionStore(state_dir / PUSH_DB_FILE),
             accounts=accounts,
             session=session,
+        )
+
+    @classmethod
+    def from_database(
+        cls,
+        database: Database,
+        secrets: SecretStore,
+        settings: PushSettings,
+        *,
+        accounts: AccountDirectory,
+    ) -> PushService:
+        """The service on a database and key store the hub nodes share."""
+        return cls(
+            settings,
+            keys=VapidKeys.from_secrets(secrets),
+            store=SubscriptionStore(database),
+            accounts=accounts,
         )
 
     @property

@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid02
 
+from agent.database import FileSecrets, SecretStore
 from agent.push.errors import VapidKeyError
 from agent.push.subscriptions import b64url_encode
-from agent.statedir import read_or_create_secret
 
 __all__ = ["TOKEN_LIFETIME_SECONDS", "VAPID_KEY_FILE", "VapidKeys", "VapidSigner"]
 
@@ -52,16 +52,23 @@ class VapidKeys:
     @classmethod
     def from_state_dir(cls, state_dir: Path) -> VapidKeys:
         """The key pair in ``state_dir``, made (mode 0600) on first use."""
-        path = state_dir / VAPID_KEY_FILE
-        pem = read_or_create_secret(path, _new_private_pem)
+        return cls.from_secrets(FileSecrets(state_dir))
+
+    @classmethod
+    def from_secrets(cls, store: SecretStore) -> VapidKeys:
+        """The key pair kept as ``vapid-private-key.pem`` in ``store``, made on first use."""
+        pem = store.get_or_create(VAPID_KEY_FILE, _new_private_pem)
+        # Named in errors: the file, or the row of that name in a shared database.
+        where = store.state_dir / VAPID_KEY_FILE if isinstance(store, FileSecrets) else None
+        where = where or Path(VAPID_KEY_FILE)
         try:
             key = serialization.load_pem_private_key(pem, password=None)
         except (ValueError, TypeError) as exc:
-            raise VapidKeyError(path, "not an unencrypted PEM private key") from exc
+            raise VapidKeyError(where, "not an unencrypted PEM private key") from exc
         if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(
             key.curve, ec.SECP256R1
         ):
-            raise VapidKeyError(path, "not a P-256 (secp256r1) key")
+            raise VapidKeyError(where, "not a P-256 (secp256r1) key")
         return cls(key)
 
     def sign(self, claims: dict[str, Any]) -> str:

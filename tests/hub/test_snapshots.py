@@ -56,8 +56,7 @@ async def test_a_device_uploads_and_people_fetch(hub: HubServer) -> None:
         # Someone who shares no group with the device reads it as missing.
         stranger = client_for(hub, "mallory", Role.USER, groups=("elsewhere",))
         assert (await fetch(hub, stranger, link))[0] == 404
-        [stored] = (hub.state_dir / "snapshots").iterdir()
-        assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+        assert stat.S_IMODE((hub.state_dir / "snapshots.db").stat().st_mode) == 0o600
         assert (await fetch(hub, alice, "/api/snapshots/" + "0" * 32))[0] == 404
         assert (await fetch(hub, alice, "/api/snapshots/..%2Faccounts.db"))[0] == 404
         for bad, code in ((b"GIF89a", Codes.INVALID_PARAMETER), (JPEG, Codes.FORBIDDEN)):
@@ -74,13 +73,16 @@ async def test_a_device_uploads_and_people_fetch(hub: HubServer) -> None:
 
 
 def test_the_store_keeps_the_newest(tmp_path: Path) -> None:
-    store = SnapshotStore(tmp_path / "s", max_files=2)
+    store = SnapshotStore(tmp_path / "snapshots.db", max_files=2)
     owner = "7c0e8a52-4b8f-4a54-9d1e-0d1f4c3a2b10"
     ids = [store.put(JPEG + bytes([n]), owner=owner) for n in range(3)]
-    assert len(list((tmp_path / "s").iterdir())) == 2
+    with pytest.raises(RealtimeError):
+        store.get(ids[0])  # the oldest went first
     jpeg, stored_owner = store.get(ids[2])
     assert jpeg.endswith(b"\x02")
     assert stored_owner == owner
+    assert stat.S_IMODE((tmp_path / "snapshots.db").stat().st_mode) == 0o600
+    store.close()
 
 
 async def test_a_snapshot_action_links_the_picture_from_the_event(

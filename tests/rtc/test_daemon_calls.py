@@ -32,7 +32,9 @@ async def test_the_agent_answers_with_its_configured_camera_and_counts_calls(
             await agent.wait_connected()
         assert agent.hub is not None
         assert agent.desk is not None
-        account = await asyncio.to_thread(agent.hub.accounts.add, "alice", None, Role.USER, groups=["devices"])
+        account = await asyncio.to_thread(
+            agent.hub.accounts.add, "alice", None, Role.USER, groups=["devices"]
+        )
         alice = RealtimeClient(
             agent.hub.ws_url,
             token=agent.hub.tokens.issue(account, 600),
