@@ -90,6 +90,7 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _WS_SCHEMES: Final = ("ws", "wss", "http", "https")
 _HTTP_SCHEMES: Final = ("http", "https")
+_REDIS_SCHEMES: Final = ("redis", "rediss")
 # Query parameters whose values are credentials (a hub URL may carry ?token=JWT).
 _SECRET_PARAM_RE: Final = re.compile(r"token|secret|password|passwd|key|auth", re.IGNORECASE)
 _MAX_SHOWN_INPUT: Final = 80
@@ -269,6 +270,11 @@ class HubSettings(_Section):
     # in database_password_file (both are secrets: redacted by `config show`, never logged).
     database: str = Field(default="sqlite", min_length=1)
     database_password_file: OptionalUserPath = None
+    # How hub nodes share routing and presence: "memory" (one hub process) or a redis:// or
+    # rediss:// URL of the Redis that every node of a cluster uses. A password may sit in the
+    # URL or in backplane_password_file (secrets: redacted by `config show`, never logged).
+    backplane: str = Field(default="memory", min_length=1)
+    backplane_password_file: OptionalUserPath = None
     # The event history behind the viewer's timeline (GET /api/events) and device tiles.
     events: HubEventSettings = Field(default_factory=HubEventSettings)
 
@@ -284,6 +290,18 @@ class HubSettings(_Section):
             return value
         raise ValueError(
             'must be "sqlite" or a postgresql:// URL (e.g. postgresql://hub@db.example:5432/edge)'
+        )
+
+    @field_validator("backplane")
+    @classmethod
+    def _backplane(cls, value: str) -> str:
+        value = value.strip()
+        parts = urlsplit(value)
+        if value == "memory" or (parts.scheme.lower() in _REDIS_SCHEMES and parts.hostname):
+            return value
+        raise ValueError(
+            f'{_redact_url(value)!r} is not a backplane: use "memory" (one hub process) or '
+            "redis://HOST[:PORT][/DB] or rediss://HOST[:PORT][/DB] (several hub nodes)"
         )
 
     @field_validator("trusted_proxies")
@@ -306,17 +324,54 @@ class HubSettings(_Section):
         return self
 
 
-class ConnectSettings(_Section):
-    """The hub this agent connects to ([connect]); no ``url`` runs an embedded hub."""
+    @model_validator(mode="after")
+    def _backplane_password(self) -> HubSettings:
+        if self.backplane_password_file is None:
+            return self
+        if self.backplane == "memory":
+            raise ValueError(
+                "backplane_password_file is for a Redis backplane; backplane is memory"
+            )
+        if urlsplit(self.backplane).password is not None:
+            raise ValueError(
+                "the backplane URL has a password and backplane_password_file is set: keep one"
+            )
+        return self
 
-    url: OptionalStr = None
+
+class ConnectSettings(_Section):
+    """The hub this agent connects to ([connect]); no ``url`` runs an embedded hub.
+
+    ``url`` is one hub URL or a list of the URLs of several hub nodes (from the environment:
+    the URLs separated by commas or spaces); the agent moves to the next when one fails.
+    """
+
+    url: Annotated[str | list[str] | None, BeforeValidator(_blank_is_none)] = None
     token: SecretStr | None = None
     token_file: OptionalUserPath = None
 
+    @field_validator("url", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str) and len(found := value.replace(",", " ").split()) > 1:
+            return found
+        return value
+
     @field_validator("url")
     @classmethod
-    def _ws_url(cls, value: str | None) -> str | None:
+    def _ws_url(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("give at least one hub URL (or none to run an embedded hub)")
+            return [_check_url(url, _WS_SCHEMES) for url in value]
         return None if value is None else _check_url(value, _WS_SCHEMES)
+
+    @property
+    def urls(self) -> list[str]:
+        """The hub URLs in the order to try them (empty: run an embedded hub)."""
+        if self.url is None:
+            return []
+        return [self.url] if isinstance(self.url, str) else list(self.url)
 
 
 class MetricsSettings(_Section):

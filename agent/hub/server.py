@@ -28,14 +28,14 @@ import uvicorn.config
 from agent.errors import ConfigError
 from agent.hub.access import AccessTable
 from agent.hub.app import STATIC_DIR, HubApplication, HubServices
-from agent.hub.backplane import Backplane, MemoryBackplane
+from agent.hub.backplane import Backplane, backplane_for
 from agent.hub.devices_api import IceServerItem
 from agent.hub.events_api import EventsService
 from agent.hub.history import EVENTS_FILE, SqliteEventStore
 from agent.hub.login import LoginGuard
 from agent.hub.metrics import HubMetrics
-from agent.hub.records import open_records
 from agent.hub.recorder import HistoryRecorder
+from agent.hub.records import open_records
 from agent.hub.snapshots import SnapshotStore
 from agent.hub.tokens import TokenIssuer
 from agent.hub.turn import ice_server_source
@@ -78,7 +78,9 @@ class HubServer:
         self.access = AccessTable(self.accounts)
         self._access_watch: contextlib.AsyncExitStack | None = None
         self.tokens = TokenIssuer.from_secrets(self.records.secrets)
-        self.backplane: Backplane = MemoryBackplane()
+        self.backplane: Backplane = backplane_for(
+            settings.hub.backplane, password_file=settings.hub.backplane_password_file
+        )
         self.metrics = HubMetrics()
         self.login_guard = LoginGuard(
             self.accounts,
@@ -151,6 +153,8 @@ class HubServer:
             raise RuntimeError("The hub is already started.")
         _install_log_redaction()
         config = self._uvicorn_config()
+        # Routing first: a connection accepted before it could not reach other nodes.
+        await self.backplane.start()
         sock = _bind(self.settings.hub.host, self.settings.hub.port)
         server = uvicorn.Server(config)
         await self._start_history()  # before any device can connect

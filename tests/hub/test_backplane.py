@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.hub.backplane import LocalDelivery, Member, MemoryBackplane
+from agent.hub.backplane import LocalDelivery, Member, MemoryBackplane, backplane_for
+from agent.hub.backplane_redis.naming import Names, Route, RouteKind, payload, split_payload
 
 UID_A = "0b6e4c9a-2f55-4c1e-9d7e-3a1b2c3d4e5f"
 UID_B = "1c7f5dab-3066-4d2f-8e8f-4b2c3d4e5f60"
@@ -113,3 +114,36 @@ async def test_local_delivery_ignores_unknown_connections() -> None:
 
 async def test_close_is_harmless(plane: MemoryBackplane) -> None:
     await plane.close()
+
+
+async def test_snapshot_lists_connections_with_their_groups_in_join_order(
+    plane: MemoryBackplane,
+) -> None:
+    await _attach(plane, UID_A, "s1", "alice")
+    await _attach(plane, UID_B, "s2", "bob")
+    await plane.join("s1", "g2")
+    await plane.join("s1", "g1")
+    assert plane.snapshot() == [
+        (Member(UID_A, "s1", "alice"), ["g2", "g1"]),
+        (Member(UID_B, "s2", "bob"), []),
+    ]
+
+
+def test_the_memory_backplane_is_the_default() -> None:
+    assert isinstance(backplane_for("memory"), MemoryBackplane)
+
+
+def test_channels_name_their_route_and_nothing_else() -> None:
+    names = Names("p:")
+    group = "caf\u00e9\n\ud800"  # a newline and a lone surrogate survive the trip
+    assert names.route(names.group_channel(group)) == Route(RouteKind.GROUP, group)
+    assert names.route(names.user_channel(UID_A)) == Route(RouteKind.USER, UID_A)
+    assert names.route(names.node_channel("n1")) == Route(RouteKind.NODE, "n1")
+    assert names.route(b"other:to-group:g") is None
+    assert Names().group_channel("g") == b"edge-agent:to-group:g"
+
+
+def test_payloads_carry_a_head_and_the_frame_untouched() -> None:
+    assert split_payload(payload("s1", "%7B%7D")) == ("s1", "%7B%7D")
+    assert split_payload(payload(None, "a\nb")) == (None, "a\nb")
+    assert split_payload(payload("", "x")) == (None, "x")
