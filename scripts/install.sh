@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install edge-agent as a systemd service on Raspberry Pi OS / Debian bookworm.
+# Install edge-agent as a systemd service on Raspberry Pi OS / Debian bookworm, 64-bit.
 #
 #   sudo scripts/install.sh              install or upgrade from this checkout, enable the agent
 #   sudo scripts/install.sh --hub        ... and enable the hub (edge-hub.service) too
@@ -10,6 +10,9 @@
 #
 # Running it again changes nothing unless the checkout or the units changed. Existing
 # settings files are never overwritten.
+#
+# 32-bit Raspberry Pi OS (armhf: armv7l or armv6l, even on a 64-bit kernel) is refused:
+# av and pylibsrtp publish no wheels for it, and av cannot be built against its FFmpeg.
 set -euo pipefail
 
 readonly SERVICE_USER=edge-agent
@@ -17,7 +20,7 @@ readonly DEVICE_GROUPS=(video audio dialout gpio)
 readonly UNITS=(edge-agent.service edge-hub.service)
 readonly DEFAULT_PREFIX=/opt/edge-agent
 # Build and runtime needs: venv, libsystemd for journal logging (systemd-python), and the
-# codec libraries PyAV and aiortc build against where no binary wheel exists (32-bit Pi OS).
+# codec libraries PyAV and aiortc build against where no binary wheel exists.
 readonly APT_PACKAGES=(
     python3 python3-venv python3-dev build-essential pkg-config libsystemd-dev
     libffi-dev libssl-dev libopus-dev libvpx-dev libsrtp2-dev
@@ -104,6 +107,24 @@ parse_args() {
 in_root() { if [ "$ROOT" = / ]; then printf '%s' "$1"; else printf '%s%s' "$ROOT" "$1"; fi; }
 
 live_system() { [ "$ROOT" = / ] && [ -d /run/systemd/system ]; }
+
+# av (PyAV) and pylibsrtp publish wheels for 64-bit ARM and x86 only; on 32-bit ARM pip
+# would try to build them, and av needs a newer FFmpeg than Debian bookworm ships. A
+# 32-bit user space on a 64-bit kernel (Pi OS's default on a Pi 4 or 5) reports aarch64
+# from `uname -m`, so the user space's word size is asked too.
+require_64_bit() {
+    local machine bits
+    machine=$(uname -m)
+    bits=$(getconf LONG_BIT 2>/dev/null || echo 64)
+    case $machine in
+        armv6l|armv7l|armv8l|armhf|arm) ;;
+        aarch64|arm64) [ "$bits" = 32 ] || return 0; machine="$machine kernel, 32-bit user space" ;;
+        *) return 0 ;;
+    esac
+    die "32-bit Raspberry Pi OS ($machine) is not supported: av and pylibsrtp publish" \
+        "no armv7l (32-bit ARM) wheels. Install the 64-bit Raspberry Pi OS (aarch64)" \
+        "and run this again."
+}
 
 require_root_user() {
     if [ "$ROOT" = / ] && [ "$(id -u)" != 0 ]; then
@@ -200,6 +221,7 @@ install_project() {
         $(cd "$SOURCE" && ls -d README* LICENSE* 2>/dev/null) | tar -C "$build" -xf -
     pip_args=(--disable-pip-version-check --no-input --quiet)
     if [ "$PIP_OFFLINE" = 1 ]; then
+        legacy_license "$build/pyproject.toml"
         pip_args+=(--no-index --no-deps --no-build-isolation)
         "$(in_root "$PREFIX/venv")/bin/pip" install "${pip_args[@]}" "$build"
     else
@@ -209,6 +231,17 @@ install_project() {
     chmod 0644 "$stamp_file"
     PROJECT_CHANGED=1
     say "installed the project into $PREFIX/venv"
+}
+
+# An offline build uses the system's setuptools. Debian bookworm's (66) predates the SPDX
+# license string (PEP 639, setuptools 77) and refuses it, so the build copy gets the
+# older table form, which names the same license.
+legacy_license() {
+    local major
+    major=$("$(in_root "$PREFIX/venv")/bin/python" -c \
+        'import setuptools; print(setuptools.__version__.split(".")[0])' 2>/dev/null || echo 0)
+    [ "$major" -lt 77 ] || return 0
+    sed -i -E 's/^license = ("[^"]+")$/license = { text = \1 }/' "$1"
 }
 
 write_if_missing() {
@@ -376,6 +409,7 @@ cleanup() { [ -z "$BUILD_DIR" ] || rm -rf "$BUILD_DIR"; }
 main() {
     trap cleanup EXIT
     parse_args "$@"
+    [ "$ACTION" = uninstall ] || require_64_bit  # removing stays possible everywhere
     require_root_user
     umask 022
     if [ "$ACTION" = uninstall ]; then

@@ -20,13 +20,16 @@ DEBIAN_PYTHON = "/usr/bin/python3"
 HOST_ACCOUNTS = ("/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow")
 
 
-def install(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def install(
+    root: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         ["bash", str(INSTALL), "--root", str(root), "--python", DEBIAN_PYTHON, *args],
         capture_output=True,
         text=True,
         timeout=110,
         check=False,
+        env=env,
     )
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
@@ -91,6 +94,9 @@ def test_install_with_pip_into_a_scratch_root_twice(tmp_path: Path) -> None:
     for module in ("systemd.py", "logs.py", "config.py"):
         assert (site / "agent" / module).read_bytes() == (source / "agent" / module).read_bytes()
     assert "installed the project" in first.stdout
+    # Debian's setuptools predates SPDX license strings; the build still names the license.
+    metadata = next(site.glob("edge_agent-*.dist-info")) / "METADATA"
+    assert "Apache-2.0" in metadata.read_text()
     # A scratch root is not this machine: its users and packages are left alone.
     assert "skipping accounts; the system needs user edge-agent" in first.stdout
     assert "skipping apt" in first.stdout
@@ -208,3 +214,47 @@ def test_bad_options_are_named(tmp_path: Path, args: list[str], message: str) ->
     assert result.returncode != 0
     assert message in result.stderr
     assert not (tmp_path / "root/etc").exists()
+
+
+def machine(tmp_path: Path, uname_m: str, long_bit: str) -> dict[str, str]:
+    """An environment whose ``uname -m`` and ``getconf LONG_BIT`` say what a Pi would."""
+    shims = tmp_path / "shims"
+    shims.mkdir(parents=True)
+    for name, option, answer in (("uname", "-m", uname_m), ("getconf", "LONG_BIT", long_bit)):
+        real = shutil.which(name)
+        assert real is not None
+        script = f'#!/bin/sh\n[ "$1" = {option} ] && {{ echo {answer}; exit 0; }}\nexec {real} "$@"\n'
+        (shims / name).write_text(script)
+        (shims / name).chmod(0o755)
+    return {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize(
+    ("uname_m", "long_bit", "named"),
+    [
+        ("armv7l", "32", "(armv7l)"),
+        ("armv6l", "32", "(armv6l)"),
+        # Pi OS 32-bit boots a 64-bit kernel on a Pi 4 or 5: uname says aarch64.
+        ("aarch64", "32", "(aarch64 kernel, 32-bit user space)"),
+    ],
+)
+def test_32_bit_raspberry_pi_os_is_refused(
+    tmp_path: Path, uname_m: str, long_bit: str, named: str
+) -> None:
+    root = tmp_path / "root"
+    result = install(root, "--no-venv", check=False, env=machine(tmp_path, uname_m, long_bit))
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"install: error: 32-bit Raspberry Pi OS {named} is not supported: av and pylibsrtp "
+        "publish no armv7l (32-bit ARM) wheels. Install the 64-bit Raspberry Pi OS (aarch64) "
+        "and run this again.\n"
+    )
+    assert not (root / "etc").exists()  # refused before anything was written
+
+
+def test_64_bit_raspberry_pi_os_installs_and_32_bit_may_uninstall(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    install(root, "--no-venv", env=machine(tmp_path / "arm64", "aarch64", "64"))
+    assert (root / "etc/edge-agent/agent.toml").exists()
+    install(root, "--uninstall", env=machine(tmp_path / "armhf", "armv7l", "32"))
+    assert not (root / "etc/systemd/system/edge-agent.service").exists()
