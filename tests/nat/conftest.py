@@ -8,6 +8,7 @@ ends, also when a fixture failed half-way. A failing test shows the tail of ever
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -156,13 +157,39 @@ async def browser(chromium_in_view: Path) -> AsyncIterator[Browser]:
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def page(browser: Browser, world: World, show_logs_on_failure: None) -> AsyncIterator[Page]:
+async def page(
+    browser: Browser, world: World, show_logs_on_failure: None, request: pytest.FixtureRequest
+) -> AsyncIterator[Page]:
     """A fresh viewer page (its own context), failing the test if the page throws."""
     context = await browser.new_context()
     page = await context.new_page()
     page.set_default_timeout(WAIT * 1000)
     errors: list[str] = []
+    console: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: console.append(f"{message.type}: {_no_token(message.text)}"))
     yield page
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        state = await page.evaluate(_PAGE_STATE)
+        print("--- page console\n" + "\n".join(console[-30:]) + f"\n--- page state\n{state}")
     await context.close()
     assert errors == [], f"the page threw: {errors}"
+
+
+def _no_token(text: str) -> str:
+    # Chromium prints failed WebSocket URLs whole; a test token is still a token.
+    return re.sub(r"token=[^&\s']+", "token=********", text)
+
+
+_PAGE_STATE = """(() => {
+  const v = window.viewer;
+  const c = v.call;
+  return {
+    link: v.link, frames: v.frames, errors: v.errors,
+    call: c && {state: c.state, cid: c.cid, stalled: c.stalled, metrics: c.metrics,
+                pc: c.pc && c.pc.connectionState, stats: c.stats},
+    resumes: v.resumes.map((r) => ({recovered: r.recovered, attempts: r.attempts,
+                                    stopped: r.stopped, error: r.lastError})),
+  };
+})()"""

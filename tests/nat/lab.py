@@ -24,7 +24,6 @@ host's own interfaces, routes or rules. Needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import shutil
@@ -38,6 +37,7 @@ __all__ = [
     "HOME_PUBLIC",
     "SERVER_IP",
     "VIEWER_IP",
+    "VIEWER_IP_2",
     "LabError",
     "NatLab",
 ]
@@ -48,7 +48,7 @@ CARRIER_PUBLIC: Final = "203.0.113.2"
 DEVICE_IP: Final = "10.0.1.2"
 VIEWER_IP: Final = "100.64.0.2"
 # A second address the viewer can move to (item 4: a phone that changes networks).
-VIEWER_IP_2: Final = "100.64.0.3"
+VIEWER_IP_2: Final = "100.64.1.2"
 _PREFIX: Final = "ea-nat-"
 ROLES: Final = ("pub", "home", "dev", "carrier", "view")
 
@@ -134,13 +134,13 @@ class NatLab:
         self.run(role, "nft", "delete", "table", "inet", "udpblock")
 
     def move_viewer(self) -> str:
-        """Give the viewer a new address and drop the old one (a phone changing networks)."""
-        self.ip("view", "addr", "add", f"{VIEWER_IP_2}/24", "dev", "eth0")
-        self.ip("view", "addr", "del", f"{VIEWER_IP}/24", "dev", "eth0")
-        self.ip("view", "route", "replace", "default", "via", "100.64.0.1", "src", VIEWER_IP_2)
-        # The carrier forgets the old mappings, as a new cell or network would.
-        with contextlib.suppress(LabError):
-            self.run("carrier", "conntrack", "-F")
+        """Move the viewer to another network, as a phone going from Wi-Fi to mobile data:
+        its interface goes away and a new one with a new address takes the default route.
+        Every socket of the old address is cut off; the new path is up when this returns."""
+        self._wire(("carrier", "lan2", "100.64.1.1/24"), ("view", "eth1", f"{VIEWER_IP_2}/24"))
+        self.ip("view", "addr", "flush", "dev", "eth0")
+        self.ip("view", "link", "set", "eth0", "down")
+        self.ip("view", "route", "replace", "default", "via", "100.64.1.1", "dev", "eth1")
         return VIEWER_IP_2
 
     def link(self, role: str, up: bool) -> None:

@@ -32,6 +32,9 @@ const viewer = {
   intent: null,
   wanted: null,
   errors: [],
+  resume: null, // a call being made again after a network change
+  resumes: [],
+  frames: 0, // video frames shown, across calls made again
 };
 window.viewer = viewer;
 
@@ -198,10 +201,14 @@ async function onRefused() {
 
 function onFrame(frame) {
   switch (frame.type) {
-    case 'rtc':
-      if (viewer.call && frame.cid === viewer.call.cid) viewer.call.handleSignal(frame.content);
+    case 'rtc': {
+      // A call made again goes to the same device connection as the one it replaces, but
+      // over a new hub socket: whatever the device says now is about the new call.
+      const call = [viewer.resume?.next, viewer.call].find((c) => c && c.cid === frame.cid);
+      if (call) call.handleSignal(frame.content);
       else if (frame.content?.sdpoffer && frame.cid) declineCall(frame.cid);
       break;
+    }
     case 'private':
       onPrivate(frame);
       break;
@@ -368,6 +375,19 @@ async function startCall(device, clickedAt) {
     return;
   }
   hideBanner();
+  const call = newCall(device, cid, { startedAt: clickedAt });
+  viewer.call = call;
+  showCallView(call);
+  try {
+    await call.start();
+  } catch (err) {
+    endCall(`Could not start the call: ${describe(err)}`, 'error');
+  }
+}
+
+// A call to `device` at connection `cid`, its events wired to the page (they act only
+// while it is the page's current call: a replacement call is quiet until it takes over).
+function newCall(device, cid, { startedAt, deferVideo = false } = {}) {
   const video = $('video');
   const call = new Call({
     device,
@@ -378,28 +398,117 @@ async function startCall(device, clickedAt) {
     iceSource: viewer.config.iceServersUrl ? () => api.iceServers(viewer.config.iceServersUrl) : null,
     video,
     selfId: viewer.user.user_id,
-    startedAt: clickedAt,
+    startedAt,
+    deferVideo,
   });
-  viewer.call = call;
-  showCallView(call);
-  call.addEventListener('state', (event) => setCallState(event.detail.state));
-  call.addEventListener('track', () => playVideo(video));
-  call.addEventListener('mic', (event) => onMic(event.detail));
-  call.addEventListener('control', (event) => setCommandsEnabled(event.detail.open));
-  call.addEventListener('notice', (event) => onCallNotice(event.detail));
-  call.addEventListener('stats', (event) => showStats(event.detail));
-  call.addEventListener('firstframe', (event) => { $('st-ttff').textContent = `${Math.round(event.detail.ms)} ms`; });
+  const current = (handler) => (event) => { if (viewer.call === call) handler(event); };
+  call.addEventListener('state', current((event) => setCallState(event.detail.state)));
+  call.addEventListener('track', current(() => playVideo(video)));
+  call.addEventListener('mic', current((event) => onMic(event.detail)));
+  call.addEventListener('control', current((event) => setCommandsEnabled(event.detail.open)));
+  call.addEventListener('notice', current((event) => onCallNotice(event.detail)));
+  call.addEventListener('stats', current((event) => showStats(event.detail)));
+  call.addEventListener('frame', current(() => { viewer.frames += 1; }));
+  call.addEventListener('stalled', current(() => resumeCall(call)));
+  call.addEventListener('firstframe', current((event) => { $('st-ttff').textContent = `${Math.round(event.detail.ms)} ms`; }));
   call.addEventListener('ended', (event) => onCallEnded(call, event.detail));
-  try {
-    await call.start();
-  } catch (err) {
-    endCall(`Could not start the call: ${describe(err)}`, 'error');
+  return call;
+}
+
+// -- keeping a call through network changes ----------------------------------------------
+//
+// The media of the current call stopped: call the device again from wherever this page
+// is now on the network, while the old call stays up in case its path comes back by
+// itself; whichever shows media first is kept (RFC 8445 has ICE restarts for this, but
+// the device's WebRTC stack has none). Every attempt opens a fresh hub socket (the old
+// one may be dead without knowing it) and fetches fresh ICE servers.
+
+const RESUME_FOR_MS = 60000; // then give up: the device is gone, not just the path
+const RESUME_ATTEMPT_MS = 8000;
+const RESUME_DELAYS_MS = [0, 250, 500, 1000]; // then every second: a path can come back any time
+
+async function resumeCall(old) {
+  if (viewer.resume || viewer.call !== old) return;
+  const resume = { old, next: null, stopped: false, attempts: 0, startedAt: performance.now() };
+  viewer.resume = resume;
+  viewer.resumes.push(resume);
+  showBanner('The connection to the device is interrupted; reconnecting…', 'warn');
+  const cameBack = () => {
+    resume.stopped = true;
+    resume.recovered = 'by itself';
+    resume.next?.abort('replaced', '');
+  };
+  old.addEventListener('resumed', cameBack, { once: true });
+  while (!resume.stopped && performance.now() - resume.startedAt < RESUME_FOR_MS) {
+    const delay = RESUME_DELAYS_MS[Math.min(resume.attempts, RESUME_DELAYS_MS.length - 1)];
+    if (delay) await sleep(delay);
+    if (resume.stopped) break;
+    resume.attempts += 1;
+    const next = await recall(resume);
+    if (next && !resume.stopped) {
+      takeOver(resume, next);
+      break;
+    }
   }
+  old.removeEventListener('resumed', cameBack);
+  if (viewer.resume === resume) viewer.resume = null;
+  if (resume.recovered) {
+    if ($('banner').dataset.kind === 'warn') hideBanner();
+  } else if (!resume.stopped && viewer.call === old) {
+    const message = 'The connection to the device was lost.';
+    if (old.ended) onCallEnded(old, { reason: 'error', message }); // the device gave up first
+    else endCall(message, 'error');
+  }
+}
+
+// One attempt: a fresh socket, the device's connection now, a call whose media arrives.
+async function recall(resume) {
+  const device = resume.old.device;
+  try {
+    await viewer.realtime.reconnect(RESUME_ATTEMPT_MS);
+    const online = await api.devices();
+    const found = online.find((d) => d.user_id === device.user_id);
+    const cid = found?.connection_ids[found.connection_ids.length - 1];
+    if (!cid || resume.stopped) return null;
+    const next = newCall(found, cid, { startedAt: performance.now(), deferVideo: true });
+    resume.next = next;
+    const ready = new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), RESUME_ATTEMPT_MS);
+      next.addEventListener('ready', () => { clearTimeout(timer); resolve(true); }, { once: true });
+      next.addEventListener('ended', () => { clearTimeout(timer); resolve(false); }, { once: true });
+    });
+    await next.start();
+    if (await ready) return next;
+    next.retire();
+  } catch (err) {
+    resume.lastError = describe(err);
+  }
+  return null;
+}
+
+function takeOver(resume, next) {
+  const old = resume.old;
+  resume.recovered = 'by calling again';
+  resume.tookOverAt = performance.now();
+  viewer.call = next;
+  old.retire();
+  next.attachVideo();
+  setCallState(next.state);
+  setCommandsEnabled(next.control?.readyState === 'open');
+  showBanner('Reconnected to the device.', 'info', { sticky: false });
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 function endCall(message, reason = 'local') {
   const call = viewer.call;
   if (!call) return;
+  if (viewer.resume) {
+    viewer.resume.stopped = true;
+    viewer.resume.next?.retire();
+  }
   if (reason === 'local') call.hangup(message);
   else call.abort(reason, message);
 }
@@ -424,7 +533,10 @@ function setCallState(state) {
 }
 
 function onCallEnded(call, { reason, message }) {
-  if (viewer.call === call) viewer.call = null;
+  // A call replaced by another, or one being replaced, ends without a word.
+  if (reason === 'replaced' || (viewer.resume?.old === call && reason !== 'local')) return;
+  if (viewer.call !== call) return;
+  viewer.call = null;
   viewer.lastCall = call;
   setTalking(false);
   const video = $('video');

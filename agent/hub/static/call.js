@@ -11,6 +11,13 @@
 // whose track is attached (replaceTrack) once getUserMedia answers, so a permission prompt
 // never delays the picture. The track stays disabled (silence) except while talk is held.
 //
+// A network change (a phone moving from Wi-Fi to mobile data, a link going down and up)
+// stops the media of a call that was flowing: the call says 'stalled' (no media for
+// STALL_MS, or ICE disconnected) and 'resumed' if it comes back by itself; the page then
+// calls again (app.js), since the device (aiortc) has no ICE restart. A call made to
+// replace another starts with `deferVideo`: it shows nothing until its media arrives
+// ('ready'), so the old picture stays up until there is a new one.
+//
 // ICE servers are fetched for every call (`iceSource`: the hub's /api/ice-servers, whose
 // TURN credentials last about an hour), while the offer is being made, and set before
 // gathering starts (setConfiguration before setLocalDescription, W3C WebRTC 4.4.1.6). A
@@ -27,6 +34,12 @@ export const CallState = Object.freeze({
 
 const RING_TIMEOUT_MS = 30000;
 const DISCONNECTED_GRACE_MS = 8000; // ICE may recover from 'disconnected' on its own
+// No media for this long: the path is gone. Audio alone comes 50 times a second, so this
+// long without a byte of either is not jitter; and a stall taken for one costs little (the
+// old call stays up, and wins if its media comes back first).
+const STALL_MS = 700;
+const FLOW_POLL_MS = 175;
+const READY_POLL_MS = 50;
 const COMMAND_TIMEOUT_MS = 30000;
 const STATS_INTERVAL_MS = 1000;
 
@@ -39,11 +52,12 @@ export class CallError extends Error {
 }
 
 // Events: 'state' {state}, 'mic' {ready, message}, 'talk' {on}, 'notice' {code, message},
-// 'stats' (summary), 'frame' {count}, 'ended' {reason, message, error}.
+// 'stats' (summary), 'frame' {count}, 'stalled' {why}, 'resumed', 'ready' (a deferred
+// call's media arrived), 'ended' {reason, message, error}.
 export class Call extends EventTarget {
   constructor({
     device, cid, realtime, iceServers = [], iceTransportPolicy = 'all', iceSource = null, video,
-    selfId, startedAt,
+    selfId, startedAt, deferVideo = false,
   }) {
     super();
     this.device = device; // {user_id, name}
@@ -52,6 +66,8 @@ export class Call extends EventTarget {
     this.iceServers = iceServers;
     this.iceTransportPolicy = iceTransportPolicy === 'relay' ? 'relay' : 'all';
     this.iceSource = iceSource;
+    this.deferVideo = deferVideo;
+    this.stalled = false;
     this.video = video;
     this.selfId = selfId;
     this.state = CallState.CALLING;
@@ -147,6 +163,14 @@ export class Call extends EventTarget {
     this._end(reason, message);
   }
 
+  // Replaced by a new call to the same device: end quietly. No `hungup`: the new call
+  // went out over a new hub socket, and the device knows calls by the caller's socket,
+  // so a hangup sent now would end the new call; the device lets the old one go when its
+  // ICE consent checks stop being answered (RFC 7675).
+  retire() {
+    this._end('replaced', '');
+  }
+
   // Push-to-talk: the microphone is live only while this is on.
   talk(on) {
     if (!this.mic || this.ended) return false;
@@ -221,10 +245,13 @@ export class Call extends EventTarget {
 
   _onConnectionState(state) {
     if (this.ended) return;
+    const hadMedia = this.metrics.firstMediaAt !== undefined;
     if (state === 'connected') {
       this.metrics.connectedAt ??= performance.now();
       clearTimeout(this._lost);
       this.dispatchEvent(new CustomEvent('notice', { detail: { code: 'RECONNECTED', message: '' } }));
+    } else if (hadMedia && (state === 'disconnected' || state === 'failed')) {
+      this._stall(`ICE ${state}`); // the page calls again; ICE may also come back
     } else if (state === 'disconnected') {
       this.dispatchEvent(new CustomEvent('notice', {
         detail: { code: 'INTERRUPTED', message: 'The connection to the device is interrupted; waiting for it to come back…' },
@@ -243,11 +270,67 @@ export class Call extends EventTarget {
   _onTrack(event) {
     this.stream ??= new MediaStream();
     this.stream.addTrack(event.track);
-    if (this.video.srcObject !== this.stream) {
-      this.video.srcObject = this.stream;
-      this._watchFrames();
+    if (this.deferVideo) {
+      this._waitForMedia();
+      return;
     }
+    this.attachVideo();
     this.dispatchEvent(new CustomEvent('track', { detail: { kind: event.track.kind } }));
+  }
+
+  // Show this call's picture (a deferred call: once the page switches to it).
+  attachVideo() {
+    this.deferVideo = false;
+    if (!this.stream || this.video.srcObject === this.stream) return;
+    this.video.srcObject = this.stream;
+    this._watchFrames();
+    this.dispatchEvent(new CustomEvent('track', { detail: { kind: 'video' } }));
+  }
+
+  // A deferred call is 'ready' once video frames arrive (W3C webrtc-stats framesReceived).
+  _waitForMedia() {
+    if (this._readyTimer) return;
+    this._readyTimer = setInterval(async () => {
+      if (this.ended) {
+        clearInterval(this._readyTimer);
+        return;
+      }
+      try {
+        const summary = summarize(await this.pc.getStats(), null);
+        if (summary.framesReceived > 0) {
+          clearInterval(this._readyTimer);
+          this.metrics.readyAt = performance.now();
+          this.dispatchEvent(new Event('ready'));
+        }
+      } catch {
+        // closed between polls
+      }
+    }, READY_POLL_MS);
+  }
+
+  // The media stopped (or ICE says the path is gone): tell the page, once per stall.
+  _stall(why) {
+    if (this.stalled || this.ended) return;
+    this.stalled = true;
+    this.metrics.stalledAt = performance.now();
+    this.dispatchEvent(new CustomEvent('stalled', { detail: { why } }));
+  }
+
+  // Bytes flowing again after a stall: the old path came back by itself.
+  _flow(summary) {
+    const bytes = summary.videoBytes + summary.audioBytes;
+    const now = performance.now();
+    if (bytes > (this._flowBytes ?? 0)) {
+      this._flowBytes = bytes;
+      this._flowAt = now;
+      this.metrics.firstMediaAt ??= now;
+      if (this.stalled) {
+        this.stalled = false;
+        this.dispatchEvent(new Event('resumed'));
+      }
+    } else if (this._flowAt !== undefined && now - this._flowAt >= STALL_MS) {
+      this._stall('no media');
+    }
   }
 
   // Counts frames shown; the first one's time is the call's time to first frame.
@@ -374,12 +457,23 @@ export class Call extends EventTarget {
     };
     this._statsTimer = setInterval(tick, STATS_INTERVAL_MS);
     tick();
+    this._flowTimer = setInterval(async () => {
+      if (this.ended) return;
+      try {
+        this._flow(summarize(await this.pc.getStats(), null));
+      } catch {
+        // closed between polls
+      }
+    }, FLOW_POLL_MS);
   }
 
   _end(reason, message) {
     if (this.ended) return;
+    console.info(`call ${this.cid} ended (${reason}): ${message}`);
     this._setState(CallState.ENDED);
     clearInterval(this._statsTimer);
+    clearInterval(this._flowTimer);
+    clearInterval(this._readyTimer);
     for (const timer of this._timers) clearTimeout(timer);
     this._failPending('The call ended.');
     if (this.mic) this.mic.stop();

@@ -78,6 +78,40 @@ export class Realtime extends EventTarget {
     }
   }
 
+  // A fresh socket now, from wherever this device is on the network (after a network
+  // change the old one may be dead without knowing it: TCP only notices much later).
+  // Resolves once it is open; rejects if it cannot open in `timeoutMs`.
+  reconnect(timeoutMs) {
+    this._wanted = true;
+    clearTimeout(this._timer);
+    this._stopKeepAlive();
+    if (this.ws) {
+      this.ws.onclose = null;
+      try {
+        this.ws.close(4000, 'network change');
+      } catch {
+        // already closing
+      }
+      this.ws = null;
+    }
+    this.attempt = 0;
+    return new Promise((resolve, reject) => {
+      const done = (ok) => {
+        clearTimeout(timer);
+        this.removeEventListener('open', opened);
+        this.removeEventListener('state', failed);
+        if (ok) resolve();
+        else reject(new Error('the hub cannot be reached from here'));
+      };
+      const opened = () => done(true);
+      const failed = (event) => { if (event.detail.state === LinkState.RETRYING) done(false); };
+      const timer = setTimeout(() => done(false), timeoutMs);
+      this.addEventListener('open', opened);
+      this.addEventListener('state', failed);
+      this._open();
+    });
+  }
+
   get open() { return this.ws?.readyState === WebSocket.OPEN; }
 
   send(action) {

@@ -14,6 +14,7 @@ export function summarize(report, previous) {
     videoBytes: video?.bytesReceived ?? 0,
     audioBytes: audio?.bytesReceived ?? 0,
     framesDecoded: video?.framesDecoded ?? 0,
+    framesReceived: video?.framesReceived ?? 0,
     framesDropped: video?.framesDropped ?? 0,
     width: video?.frameWidth ?? 0,
     height: video?.frameHeight ?? 0,
