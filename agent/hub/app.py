@@ -219,8 +219,8 @@ class Health(BaseModel):
 
     status: str
     version: str
-    connections: int | None = Field(None, description="Only for admins and local scrapers.")
-    groups: int | None = Field(None, description="Only for admins and local scrapers.")
+    connections: int | None = Field(default=None, description="Only for admins and local scrapers.")
+    groups: int | None = Field(default=None, description="Only for admins and local scrapers.")
 
 
 _ERRORS: Final[dict[int | str, dict[str, Any]]] = {
@@ -455,9 +455,7 @@ def _add_operations_routes(app: FastAPI, services: HubServices) -> None:
 _FORWARDING_HEADERS: Final = ("forwarded", "x-forwarded-for", "x-real-ip")
 
 
-async def _is_operator(
-    request: Request, credentials: HTTPAuthorizationCredentials | None
-) -> bool:
+async def _is_operator(request: Request, credentials: HTTPAuthorizationCredentials | None) -> bool:
     """An admin's token, or a request from this machine that no proxy forwarded.
 
     A token that is not an admin's is refused (403) rather than treated as anonymous.
