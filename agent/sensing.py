@@ -64,7 +64,10 @@ class Sensing:
         self._camera = camera
         self._on_port = on_port
         self.outbox = Outbox(
-            state_dir / OUTBOX_FILE, deliver=client.push_alert, settings=settings.push.outbox
+            state_dir / OUTBOX_FILE,
+            deliver=client.push_alert,
+            deliver_batch=client.push_alerts,
+            settings=settings.push.outbox,
         )
         self.posts = PostBox(
             state_dir / OUTBOX_FILE,

@@ -7,10 +7,17 @@
     POST /api/push/send {title, body, user_ids?, users?, roles?, id?, urgency?, ttl?, topic?,
                          url?, device?, event?, time?, snapshot?, call?}
          -> "SUCCESS: Notification sent."
+    POST /api/push/send-batch {alerts: [send request, ...]}   (up to 100, in order)
+         -> {results: [{status, code?, message}, ...]}   one per request, same order
 
 Every route takes the app's own bearer-token dependency (passed in, so authentication lives
 in one place); errors are the app's ``{"code", "message"}`` answers (INVALID_PARAMETER 400,
 FORBIDDEN 403, RATE_LIMITED 429). Who may push to whom: :mod:`agent.push.recipients`.
+
+``send-batch`` is how an agent's outbox catches up after an outage: the requests are
+accepted in order in one transaction, and each gets the answer ``send`` would have given
+it (the status, and for an error its code and message), so one refused alert does not
+hold back the rest.
 
 This module does not use ``from __future__ import annotations``: FastAPI reads the route
 signatures at definition time, and they name the injected dependency, a local variable.
@@ -22,14 +29,17 @@ from typing import Annotated, Any, Final
 from fastapi import Body, Depends, FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.errors import Codes, RealtimeError
 from agent.hub.accounts import Account
-from agent.push.service import PushService
+from agent.push.service import MAX_BATCH, PushService
 
 __all__ = [
     "PUSH_ROUTE_PREFIX",
     "SENT_TEXT",
     "SUBSCRIBED_TEXT",
     "UNSUBSCRIBED_TEXT",
+    "BatchAnswer",
+    "BatchResult",
     "add_push_routes",
     "has_push_routes",
 ]
@@ -39,6 +49,14 @@ SUBSCRIBED_TEXT: Final = "SUCCESS: Subscribed to receive notifications."
 UNSUBSCRIBED_TEXT: Final = "SUCCESS: Unsubscribed from notifications."
 SENT_TEXT: Final = "SUCCESS: Notification sent."
 _TAGS: Final[list[str | Any]] = ["push"]
+# The statuses the app answers these codes with (agent/hub/app.py), for one batch item.
+_STATUS_OF_CODE: Final = {
+    Codes.INVALID_PARAMETER: 400,
+    Codes.INVALID_REQUEST: 400,
+    Codes.FORBIDDEN: 403,
+    Codes.NOT_FOUND: 404,
+    Codes.RATE_LIMITED: 429,
+}
 
 
 class VapidKey(BaseModel):
@@ -101,6 +119,30 @@ class SendBody(BaseModel):
     topic: Any = Field(None, description="A newer message with the same topic replaces this one.")
 
 
+class SendBatchBody(BaseModel):
+    """Several send requests, accepted in order in one transaction."""
+
+    alerts: Any = Field(
+        None,
+        json_schema_extra={"type": "array", "items": {"type": "object"}, "maxItems": MAX_BATCH},
+        description=f"1 to {MAX_BATCH} bodies of /api/push/send.",
+    )
+
+
+class BatchResult(BaseModel):
+    """What one request of a batch got: the answer ``/api/push/send`` would have given."""
+
+    status: int = Field(description="200, or the HTTP status of the error.")
+    code: str | None = Field(None, description="The error code, for a refused request.")
+    message: str
+
+
+class BatchAnswer(BaseModel):
+    """One result per request, in the order they were sent."""
+
+    results: list[BatchResult]
+
+
 def add_push_routes(
     app: FastAPI,
     push: PushService,
@@ -145,6 +187,22 @@ def add_push_routes(
         """pushNotification: admins to anyone, devices to whom their settings allow."""
         await push.send(account, body.model_dump(exclude_unset=True))
         return SENT_TEXT
+
+    @app.post(f"{PUSH_ROUTE_PREFIX}/send-batch", tags=_TAGS)
+    async def push_notifications(
+        account: Annotated[Account, Depends(current_account)],
+        body: Annotated[SendBatchBody, Body()],
+    ) -> BatchAnswer:
+        """Several pushNotification requests in one: an agent catching up after an outage."""
+        outcomes = await push.send_many(account, body.alerts)
+        return BatchAnswer(results=[_result(outcome) for outcome in outcomes])
+
+
+def _result(outcome: int | RealtimeError) -> BatchResult:
+    if isinstance(outcome, RealtimeError):
+        status = _STATUS_OF_CODE.get(outcome.code, 400)
+        return BatchResult(status=status, code=outcome.code, message=outcome.message)
+    return BatchResult(status=200, code=None, message=SENT_TEXT)
 
 
 def has_push_routes(app: FastAPI) -> bool:

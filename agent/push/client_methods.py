@@ -121,6 +121,30 @@ class PushMethods:
         """Send one outbox alert (``/api/push/send`` body with its ``id``) to the hub."""
         return await self._push_text("/send", dict(request))
 
+    async def push_alerts(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Send several outbox alerts in one request (``/api/push/send-batch``), in order.
+
+        Returns one result per alert, in order: ``{"status", "code"?, "message"}`` with the
+        status ``/api/push/send`` would have answered it with.
+
+        Raises:
+            HubRequestError: the batch as a whole failed (the hub unreachable, a refused
+                token, 404 from a hub without the route).
+        """
+        answer = await self._push_call(
+            "POST", "/send-batch", {"alerts": [dict(r) for r in requests]}
+        )
+        results = answer.get("results") if isinstance(answer, dict) else None
+        if (
+            not isinstance(results, list)
+            or len(results) != len(requests)
+            or not all(isinstance(r, dict) and isinstance(r.get("status"), int) for r in results)
+        ):
+            raise HubRequestError(
+                Codes.ERROR, f"The hub's answer to {_PREFIX}/send-batch has no result per alert."
+            )
+        return results
+
     async def _push_text(self, path: str, body: dict[str, Any]) -> str:
         answer = await self._push_call("POST", path, body)
         if not isinstance(answer, str):

@@ -19,6 +19,11 @@ An alert may be added *held* (``hold_seconds``): committed at once, but sent onl
 the hold runs out. Rows are sent in order, so a held row keeps later ones waiting too.
 Holds do not survive a restart: rows a previous run left held are sent as they are.
 
+With ``deliver_batch`` (the hub's ``/api/push/send-batch``) the rows waiting are sent up
+to 50 at a time, in order, each getting its own answer: an outbox that filled up during an
+outage empties in a few requests and commits. A hub without that route (404) is sent to
+one alert at a time.
+
 ``retry_now`` cuts a back-off short (the daemon calls it when the hub link comes back, so
 alerts queued through an outage leave at once rather than at the end of a long wait).
 
@@ -39,7 +44,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -57,6 +62,7 @@ __all__ = [
     "OUTBOX_FILE",
     "AlertLike",
     "Deliver",
+    "DeliverBatch",
     "HeldAlert",
     "Outbox",
     "OutboxState",
@@ -94,6 +100,12 @@ _REQUEST_FIELDS: Final = {
 }
 
 Deliver = Callable[[dict[str, Any]], Awaitable[object]]
+# Several requests in one; one result each ({"status", "code"?, "message"}), in order.
+DeliverBatch = Callable[[list[dict[str, Any]]], Awaitable[Sequence[Mapping[str, Any]]]]
+# Alerts per batch (the hub takes up to 100).
+_BATCH: Final = 50
+# Answers that mean the hub has no batch route: send one at a time.
+_NO_BATCH_STATUSES: Final = frozenset({404, 405})
 
 
 class AlertLike(Protocol):
@@ -182,6 +194,7 @@ class Outbox:
         path: Path,
         *,
         deliver: Deliver,
+        deliver_batch: DeliverBatch | None = None,
         settings: OutboxSettings | None = None,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
@@ -189,6 +202,7 @@ class Outbox:
         self.path = path
         self.settings = settings or OutboxSettings()
         self._deliver = deliver
+        self._deliver_batch = deliver_batch
         self._clock = clock
         self._jitter = jitter
         self._db: _OutboxDb | None = None
@@ -301,51 +315,99 @@ class Outbox:
     async def _run(self) -> None:
         delays: Iterator[float] | None = None
         while True:
-            row = await self._next_row()
+            rows = await self._next_rows()
             self._set_state(OutboxState.SENDING)
             self._kick.clear()  # a kick from now on cuts the back-off after this attempt
-            try:
-                await self._send(row)
-            except _Expired:
-                await self._remove(row, "expired", "older than its TTL")
+            failure = await self._send_rows(rows)
+            if failure is None:
+                delays = None
                 continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if is_final_rejection(exc):
-                    await self._remove(row, "rejected", f"refused by the hub: {_describe(exc)}")
-                    continue
-                delays = delays or self._delays()
-                if await self._back_off(row, exc, next(delays)):
-                    delays = None  # the hub is back: start the backoff over
-                continue
-            delays = None
-            self._counts["delivered"] += 1
-            await self._remove(row, None, "")
+            delays = delays or self._delays()
+            if await self._back_off(*failure, next(delays)):
+                delays = None  # the hub is back: start the backoff over
 
-    async def _next_row(self) -> _Row:
+    async def _next_rows(self) -> list[_Row]:
+        """The rows ready to go from the head on, in order (one without batches)."""
         db = await self._open()
+        limit = _BATCH if self._deliver_batch is not None else 1
         while True:
             self._wake.clear()  # before reading: an add() from now on wakes the wait below
-            row = await asyncio.to_thread(db.head)
-            wait = None
-            if row is not None:
-                wait = 0.0 if row.held_until is None else row.held_until - self._clock()
-                if wait <= 0:
-                    return row
-            else:
+            rows = await asyncio.to_thread(db.head, limit)
+            now, ready = self._clock(), []
+            for row in rows:
+                if row.held_until is not None and row.held_until > now:
+                    break  # held, and the rows behind it wait with it
+                ready.append(row)
+            if ready:
+                return ready
+            wait = rows[0].held_until - now if rows and rows[0].held_until else None
+            if not rows:
                 self._set_state(OutboxState.IDLE)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
 
-    async def _send(self, row: _Row) -> None:
+    async def _send_rows(self, rows: list[_Row]) -> tuple[_Row, Exception] | None:
+        """Send ``rows``; the first one that failed (and why), to retry from there."""
+        live = []
+        for row in rows:
+            if self._request(row) is None:
+                await self._remove(row, "expired", "older than its TTL")
+            else:
+                live.append(row)
+        if len(live) > 1 and self._deliver_batch is not None:
+            return await self._send_batch(live, self._deliver_batch)
+        return await self._send_one(live[0]) if live else None
+
+    async def _send_one(self, row: _Row) -> tuple[_Row, Exception] | None:
+        request = self._request(row)
+        try:
+            async with asyncio.timeout(self.settings.timeout_seconds):
+                await self._deliver(request or row.request)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not is_final_rejection(exc):
+                return row, exc
+            await self._remove(row, "rejected", f"refused by the hub: {_describe(exc)}")
+            return None
+        await self._remove(row, None, "")
+        return None
+
+    async def _send_batch(
+        self, rows: list[_Row], deliver_batch: DeliverBatch
+    ) -> tuple[_Row, Exception] | None:
+        requests = [self._request(row) or row.request for row in rows]
+        try:
+            async with asyncio.timeout(self.settings.timeout_seconds):
+                results = await deliver_batch(requests)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, HubRequestError) and exc.status in _NO_BATCH_STATUSES:
+                log.info("the hub takes no batches (%s); alerts go one at a time", exc.status)
+                self._deliver_batch = None
+                return None
+            return rows[0], exc
+        done, refused = [], []
+        for row, result in zip(rows, results, strict=False):
+            status, error = _batch_error(result)
+            if error is None:
+                done.append(row)
+            elif hub_rejected_for_good(status):
+                refused.append((row, f"refused by the hub: {_describe(error)}"))
+            else:
+                await self._remove_many(done, refused)
+                return row, error
+        await self._remove_many(done, refused)
+        return None
+
+    def _request(self, row: _Row) -> dict[str, Any] | None:
+        """The row's request with the TTL it has left; ``None`` once that has run out."""
         ttl_left = row.ttl_left(self._clock())
         if ttl_left is not None and ttl_left < 0:
-            raise _Expired
-        request = row.request if ttl_left is None else {**row.request, "ttl": ttl_left}
-        async with asyncio.timeout(self.settings.timeout_seconds):
-            await self._deliver(request)
+            return None
+        return row.request if ttl_left is None else {**row.request, "ttl": ttl_left}
 
     async def _back_off(self, row: _Row, exc: Exception, delay: float) -> bool:
         """Wait ``delay`` after a failed delivery; whether ``retry_now`` cut it short."""
@@ -364,14 +426,34 @@ class Outbox:
         return self._kick.is_set()
 
     async def _remove(self, row: _Row, counter: str | None, why: str) -> None:
+        if counter is None:
+            await self._remove_many([row], [])
+        elif counter == "rejected":
+            await self._remove_many([], [(row, why)])
+        else:
+            await self._remove_many([], [], expired=[(row, why)])
+
+    async def _remove_many(
+        self,
+        done: list[_Row],
+        refused: list[tuple[_Row, str]],
+        *,
+        expired: Sequence[tuple[_Row, str]] = (),
+    ) -> None:
+        """Delete delivered, refused and expired rows in one commit; count and log."""
+        gone = [r.alert_id for r in done] + [r.alert_id for r, _ in [*refused, *expired]]
+        if not gone:
+            return
         db = await self._open()
-        depth = await asyncio.to_thread(db.delete, row.alert_id)
+        depth = await asyncio.to_thread(db.delete, gone)
         if depth == 0:
             self._set_state(OutboxState.IDLE)  # before wait_empty() wakes anyone
         self._set_depth(depth)
-        if counter is not None:
-            self._counts[counter] += 1
-            log.warning("alert %s dropped: %s", row.alert_id, why)
+        self._counts["delivered"] += len(done)
+        for counter, dropped in (("rejected", refused), ("expired", expired)):
+            for row, why in dropped:
+                self._counts[counter] += 1
+                log.warning("alert %s dropped: %s", row.alert_id, why)
 
     def _delays(self) -> Iterator[float]:
         s = self.settings
@@ -399,10 +481,6 @@ class Outbox:
         if state is not self._state:
             log.debug("alert outbox: %s -> %s", self._state.value, state.value)
             self._state = state
-
-
-class _Expired(Exception):
-    """An alert older than its TTL."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,18 +552,19 @@ class _OutboxDb:
                 (json.dumps(merged, separators=(",", ":"), ensure_ascii=False), alert_id),
             )
 
-    def head(self) -> _Row | None:
-        """The oldest row."""
+    def head(self, limit: int = 1) -> list[_Row]:
+        """The oldest ``limit`` rows, oldest first."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT alert_id, created_at, request, held_until FROM outbox ORDER BY seq LIMIT 1"
-            ).fetchone()
-        return None if row is None else _Row(row[0], row[1], json.loads(row[2]), row[3])
+            rows = self._db.execute(
+                "SELECT alert_id, created_at, request, held_until FROM outbox ORDER BY seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [_Row(row[0], row[1], json.loads(row[2]), row[3]) for row in rows]
 
-    def delete(self, alert_id: str) -> int:
-        """Remove one row; the depth left."""
+    def delete(self, alert_ids: list[str]) -> int:
+        """Remove rows; the depth left."""
         with self._transaction():
-            self._db.execute("DELETE FROM outbox WHERE alert_id = ?", (alert_id,))
+            self._db.executemany("DELETE FROM outbox WHERE alert_id = ?", [(i,) for i in alert_ids])
             return self._count()
 
     def count(self) -> int:
@@ -500,6 +579,19 @@ class _OutboxDb:
     def _count(self) -> int:
         row = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
         return int(row[0])
+
+
+def _batch_error(result: Mapping[str, Any]) -> tuple[int | None, HubRequestError | None]:
+    """A batch result's status, and the error it stands for (``None``: accepted)."""
+    status = result.get("status")
+    if isinstance(status, int) and 200 <= status < 300:
+        return status, None
+    code, message = result.get("code"), result.get("message")
+    return (status if isinstance(status, int) else None), HubRequestError(
+        code if isinstance(code, str) else "ERROR",
+        message if isinstance(message, str) else f"the hub answered {status}",
+        status=status if isinstance(status, int) else None,
+    )
 
 
 def _describe(exc: BaseException) -> str:

@@ -33,7 +33,15 @@ from agent.push.message import PushMessage, Urgency
 from agent.push.store import StoredSubscription, SubscriptionStore
 from agent.push.subscriptions import Subscription
 
-__all__ = ["Delivery", "DeliveryQueue", "QueueFullError", "QueueStats", "SqliteDeliveryQueue"]
+__all__ = [
+    "Accepted",
+    "Delivery",
+    "DeliveryQueue",
+    "NewSend",
+    "QueueFullError",
+    "QueueStats",
+    "SqliteDeliveryQueue",
+]
 
 # The oldest row of every endpoint: the only one that may be sent now.
 _HEADS: Final = "SELECT MIN(id) FROM push_queue GROUP BY endpoint"
@@ -45,6 +53,20 @@ _COLUMNS: Final = (
 
 class QueueFullError(Exception):
     """The queue holds ``max_rows`` deliveries already."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewSend:
+    """One accepted send: its message for these subscriptions, and its alert (sender, id)."""
+
+    subs: Sequence[StoredSubscription]
+    message: PushMessage
+    alert: tuple[str, str] | None = None
+
+
+# What became of one NewSend: rows queued, None for an alert accepted before, or the queue
+# was full.
+Accepted = int | None | QueueFullError
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +108,12 @@ class DeliveryQueue(Protocol):
         max_rows: int,
     ) -> int | None:
         """Queue ``message`` for ``subs``; ``None`` if ``alert`` was accepted before."""
+        ...
+
+    def accept_many(
+        self, sends: Sequence[NewSend], *, now: float, keep_seconds: float = 0, max_rows: int
+    ) -> list[Accepted]:
+        """Several ``accept`` in order, in one transaction."""
         ...
 
     def claim(self, now: float, limit: int, *, lease_seconds: float) -> list[Delivery]:
@@ -144,36 +172,39 @@ class SqliteDeliveryQueue:
             QueueFullError: the rows would take the queue beyond ``max_rows`` (nothing is
                 recorded, so the sender's retry is not taken for a resend).
         """
-        payload = json.dumps(dict(message.payload), separators=(",", ":"), ensure_ascii=False)
-        rows = [
-            (
-                s.subscription.endpoint,
-                s.user_id,
-                payload,
-                message.ttl,
-                message.urgency.value,
-                message.topic,
-                now,
-                now + message.ttl,
-                0,
-                now,
-            )
-            for s in subs
-        ]
+        [result] = self.accept_many(
+            [NewSend(subs, message, alert)], now=now, keep_seconds=keep_seconds, max_rows=max_rows
+        )
+        if isinstance(result, QueueFullError):
+            raise result
+        return result
+
+    def accept_many(
+        self, sends: Sequence[NewSend], *, now: float, keep_seconds: float = 0, max_rows: int
+    ) -> list[Accepted]:
+        """``accept`` for several sends, in order, in one transaction (one commit)."""
+        results: list[Accepted] = []
         with self._store.transaction() as db:
-            if alert is not None and not self._subscriptions.remember_alert_in(
-                db, *alert, keep_seconds=keep_seconds
-            ):
-                return None
-            if rows and _count(db) + len(rows) > max_rows:
-                raise QueueFullError(f"the push queue holds {max_rows} deliveries already")
-            db.executemany(
-                "INSERT INTO push_queue (endpoint, user_id, payload, ttl, urgency, topic, "
-                "created_at, expires_at, attempts, next_attempt_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-        return len(rows)
+            depth = _count(db)
+            for send in sends:
+                rows = _rows(send, now)
+                if depth + len(rows) > max_rows:
+                    results.append(QueueFullError(f"the push queue holds {max_rows} deliveries"))
+                    continue
+                if send.alert is not None and not self._subscriptions.remember_alert_in(
+                    db, *send.alert, keep_seconds=keep_seconds
+                ):
+                    results.append(None)
+                    continue
+                db.executemany(
+                    "INSERT INTO push_queue (endpoint, user_id, payload, ttl, urgency, topic, "
+                    "created_at, expires_at, attempts, next_attempt_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                depth += len(rows)
+                results.append(len(rows))
+        return results
 
     def claim(self, now: float, limit: int, *, lease_seconds: float) -> list[Delivery]:
         """Up to ``limit`` due heads, leased until ``now + lease_seconds``.
@@ -257,6 +288,26 @@ class SqliteDeliveryQueue:
         with self._store.read() as db:
             rows = db.execute("SELECT endpoint FROM push_queue ORDER BY id").fetchall()
         return [str(row[0]) for row in rows]
+
+
+def _rows(send: NewSend, now: float) -> list[tuple[Any, ...]]:
+    message = send.message
+    payload = json.dumps(dict(message.payload), separators=(",", ":"), ensure_ascii=False)
+    return [
+        (
+            s.subscription.endpoint,
+            s.user_id,
+            payload,
+            message.ttl,
+            message.urgency.value,
+            message.topic,
+            now,
+            now + message.ttl,
+            0,
+            now,
+        )
+        for s in send.subs
+    ]
 
 
 def _count(db: Tx) -> int:

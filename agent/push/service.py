@@ -8,6 +8,8 @@ realtime path call:
   delivery per subscription to the queue (:mod:`agent.push.queue`) in the same transaction
   as the alert's id, before the caller gets its answer: an accepted alert is on disk, and a
   resent one (an agent whose answer was lost) is acknowledged without being queued again;
+  ``send_many`` does the same for up to ``MAX_BATCH`` requests in one transaction (an
+  agent's outbox after an outage: one commit rather than a hundred);
 - ``notify_users`` is the realtime path's hook: the ``notification`` of a message reaches a
   recipient who is not connected, or every recipient with ``config.always``.
 
@@ -43,21 +45,35 @@ import aiohttp
 from agent.database import Database, SecretStore
 from agent.errors import Codes, RealtimeError
 from agent.protocol import Notification
-from agent.push.message import PushMessage, message_from_notification, parse_send_request
+from agent.push.message import (
+    PushMessage,
+    SendRequest,
+    message_from_notification,
+    parse_send_request,
+)
 from agent.push.metrics import PushMetrics
 from agent.push.policy import PushOutcome, classify_push_status, next_attempt_delay
-from agent.push.queue import Delivery, QueueFullError, QueueStats, SqliteDeliveryQueue
+from agent.push.queue import (
+    Accepted,
+    Delivery,
+    NewSend,
+    QueueFullError,
+    QueueStats,
+    SqliteDeliveryQueue,
+)
 from agent.push.recipients import AccountLike, resolve_recipients
 from agent.push.sender import PushResponse, PushSender, WebPushSender, make_session
 from agent.push.settings import PushSettings
-from agent.push.store import PUSH_DB_FILE, SubscriptionStore
+from agent.push.store import PUSH_DB_FILE, StoredSubscription, SubscriptionStore
 from agent.push.subscriptions import Subscription, check_endpoint, parse_subscription
 from agent.push.vapid import VapidKeys, VapidSigner
 
-__all__ = ["AccountDirectory", "IsConnected", "PushService"]
+__all__ = ["MAX_BATCH", "AccountDirectory", "IsConnected", "PushService"]
 
 log = logging.getLogger(__name__)
 
+# Send requests one batch may carry (an agent's outbox flushing after an outage).
+MAX_BATCH: Final = 100
 # On stop, deliveries in flight get this long to record their outcome before they are
 # cancelled (a cancelled one is sent again by the next start).
 _CLOSE_GRACE_SECONDS: Final = 2.0
@@ -227,31 +243,27 @@ class PushService:
             RealtimeError: INVALID_PARAMETER (bad or over 3 KB), FORBIDDEN (may not push to
                 them), RATE_LIMITED (the queue is full).
         """
-        request = parse_send_request(body, default_ttl=self.settings.default_ttl_seconds)
-        accounts = await asyncio.to_thread(self._accounts.list)
-        subscribed = await asyncio.to_thread(self.store.subscribed_users)
-        resolution = resolve_recipients(
-            caller,
-            request.recipients,
-            accounts=accounts,
-            subscribed=subscribed,
-            device_rules=self.settings.device_recipients,
-        )
-        if resolution.unknown:
-            log.info(
-                "push from %s names no account: %s", caller.name, ", ".join(resolution.unknown)
+        [result] = await self._accept(caller, [body])
+        if isinstance(result, RealtimeError):
+            raise result
+        return result
+
+    async def send_many(self, caller: AccountLike, bodies: Any) -> list[int | RealtimeError]:
+        """Check and commit several send requests, in order, in one transaction.
+
+        For each request: the number of deliveries queued (0 for an alert accepted before),
+        or the error that refused it (as :meth:`send` would have raised it).
+
+        Raises:
+            RealtimeError: INVALID_PARAMETER when ``bodies`` is not a list of 1 to
+                ``MAX_BATCH`` requests.
+        """
+        if not isinstance(bodies, list) or not 0 < len(bodies) <= MAX_BATCH:
+            raise RealtimeError(
+                Codes.INVALID_PARAMETER,
+                f'"alerts" must be a list of 1 to {MAX_BATCH} send requests.',
             )
-        alert = None if request.alert_id is None else (caller.user_id, request.alert_id)
-        queued = await self._enqueue(resolution.user_ids, request.message, alert)
-        if queued is None:
-            self.metrics.deduplicated += 1
-            log.info(
-                "alert %s from %s was accepted before; not sent again",
-                request.alert_id,
-                caller.name,
-            )
-            return 0
-        return queued
+        return await self._accept(caller, bodies)
 
     def notify_users(
         self,
@@ -284,6 +296,84 @@ class PushService:
         except RealtimeError as exc:
             log.warning("realtime notification not pushed: %s", exc.message)
             return 0
+
+    async def _accept(self, caller: AccountLike, bodies: list[Any]) -> list[int | RealtimeError]:
+        accounts, subscribed = await asyncio.to_thread(self._directory)
+        checked = [self._check(caller, body, accounts, subscribed) for body in bodies]
+        wanted = {u for c in checked if not isinstance(c, RealtimeError) for u in c[1]}
+        by_user: dict[str, list[StoredSubscription]] = {}
+        for stored in await asyncio.to_thread(self.store.for_users, wanted):
+            by_user.setdefault(stored.user_id, []).append(stored)
+        sends = [
+            NewSend(
+                [s for user in users for s in by_user.get(user, ())],
+                request.message,
+                None if request.alert_id is None else (caller.user_id, request.alert_id),
+            )
+            for request, users in (c for c in checked if not isinstance(c, RealtimeError))
+        ]
+        accepted = await asyncio.to_thread(
+            self.queue.accept_many,
+            sends,
+            now=self._clock(),
+            keep_seconds=self.settings.dedup_seconds,
+            max_rows=self.settings.max_queued,
+        )
+        outcomes = iter(zip(sends, accepted, strict=True))
+        return [
+            c if isinstance(c, RealtimeError) else self._accepted(caller, c[0], *next(outcomes))
+            for c in checked
+        ]
+
+    def _directory(self) -> tuple[Sequence[AccountLike], list[str]]:
+        # One thread hop for the two reads every send needs.
+        return self._accounts.list(), self.store.subscribed_users()
+
+    def _check(
+        self,
+        caller: AccountLike,
+        body: Any,
+        accounts: Sequence[AccountLike],
+        subscribed: list[str],
+    ) -> tuple[SendRequest, list[str]] | RealtimeError:
+        """A parsed request and its recipients' user ids, or why it is refused."""
+        try:
+            request = parse_send_request(body, default_ttl=self.settings.default_ttl_seconds)
+            resolution = resolve_recipients(
+                caller,
+                request.recipients,
+                accounts=accounts,
+                subscribed=subscribed,
+                device_rules=self.settings.device_recipients,
+            )
+        except RealtimeError as exc:
+            return exc
+        if resolution.unknown:
+            log.info(
+                "push from %s names no account: %s", caller.name, ", ".join(resolution.unknown)
+            )
+        return request, list(resolution.user_ids)
+
+    def _accepted(
+        self, caller: AccountLike, request: SendRequest, send: NewSend, result: Accepted
+    ) -> int | RealtimeError:
+        if isinstance(result, QueueFullError):
+            self.metrics.dropped += len(send.subs)
+            return RealtimeError(
+                Codes.RATE_LIMITED, "Too many push deliveries are pending; try again later."
+            )
+        if result is None:
+            self.metrics.deduplicated += 1
+            log.info(
+                "alert %s from %s was accepted before; not sent again",
+                request.alert_id,
+                caller.name,
+            )
+            return 0
+        if result:
+            self.metrics.queue_depth += result
+            self._wake.set()
+        return result
 
     async def _enqueue(
         self, user_ids: Iterable[str], message: PushMessage, alert: tuple[str, str] | None

@@ -61,7 +61,7 @@ class Process:
                     if found := pattern.search(line):
                         return found
                 after = len(self.log)
-                if self._proc is None or self._proc.returncode is not None:
+                if self._reader is None or self._reader.done():  # its stderr has ended
                     raise AssertionError(f"{self.name} exited:\n" + "".join(self.log[-40:]))
                 await self._line.wait()
 
