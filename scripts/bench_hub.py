@@ -114,7 +114,7 @@ class UnderTest(Protocol):
 class HubUnderTest:
     """The hub, with one account whose token every client uses."""
 
-    def __init__(self, state_dir: Path, max_outbound: int) -> None:
+    def __init__(self, state_dir: Path, max_outbound: int, backplane: str = "memory") -> None:
         from agent.config import HubLimits, HubSettings, Settings
         from agent.hub.server import HubServer
 
@@ -126,21 +126,23 @@ class HubUnderTest:
             idle_timeout_seconds=3600.0,
             max_outbound_bytes=max_outbound,
         )
-        hub = HubSettings(host=HOST, port=0, limits=limits)
+        hub = HubSettings(host=HOST, port=0, limits=limits, backplane=backplane)
         self.hub = HubServer(Settings(name="bench", state_dir=state_dir, hub=hub))
         self.port, self.path = 0, ""
 
     async def start(self) -> None:
         """Start the hub and mint the clients' token."""
         await self.hub.start()
-        account = self.hub.accounts.add("bench", None)
+        # Nodes of a cluster share the state directory: the first one makes the account.
+        accounts = self.hub.accounts
+        account = accounts.get_by_name("bench") or accounts.add("bench", None, groups=[GROUP])
         self.port = self.hub.port
         self.path = "/ws?token=" + self.hub.tokens.issue(account, 3600)
 
     async def stats(self) -> tuple[int, int]:
-        """Open connections and members of the benchmark group."""
-        connections, _ = await self.hub.backplane.stats()
-        return connections, len(await self.hub.backplane.members(GROUP))
+        """Connections open on this node, and members of the benchmark group (cluster-wide
+        with a Redis backplane)."""
+        return len(self.hub.backplane.local), len(await self.hub.backplane.members(GROUP))
 
     async def stop(self) -> None:
         """Stop the hub."""
@@ -187,13 +189,16 @@ class BareUnderTest:
         await self.server.wait_closed()
 
 
-def serve(kind: str, max_outbound: int) -> int:
+def serve(
+    kind: str, max_outbound: int, *, backplane: str = "memory", state_dir: str | None = None
+) -> int:
     """The subprocess: start the server, print its address, obey stdin until EOF."""
     # The benchmark drops its clients with a reset; writes already on their way to them
     # make asyncio warn "socket.send() raised exception." by the thousand. Errors still show.
     logging.getLogger("asyncio").setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory(prefix="bench-hub-") as state_dir:
-        server = HubUnderTest(Path(state_dir), max_outbound) if kind == "hub" else BareUnderTest()
+    with tempfile.TemporaryDirectory(prefix="bench-hub-") as own_dir:
+        where = Path(state_dir or own_dir)
+        server = HubUnderTest(where, max_outbound, backplane) if kind == "hub" else BareUnderTest()
         asyncio.run(_serve(server))
     return 0
 
@@ -244,8 +249,8 @@ class Server:
         self.path = ""
 
     @classmethod
-    async def start(cls, kind: str, max_outbound: int) -> Server:
-        """Start ``kind`` in a subprocess and wait for its address."""
+    async def start(cls, kind: str, max_outbound: int, *extra: str) -> Server:
+        """Start ``kind`` in a subprocess (``extra``: more options) and wait for its address."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             __file__,
@@ -253,6 +258,7 @@ class Server:
             kind,
             "--max-outbound",
             str(max_outbound),
+            *extra,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             start_new_session=True,  # Ctrl-C reaches the benchmark, which stops it
@@ -749,6 +755,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--max-outbound", type=int, default=1 << 20, help=argparse.SUPPRESS)
+    parser.add_argument("--backplane", default="memory", help=argparse.SUPPRESS)
+    parser.add_argument("--state-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
@@ -815,7 +823,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark (or, with ``--serve``, be one of its servers)."""
     args = parse_args(argv)
     if args.serve:
-        return serve(args.serve, args.max_outbound)
+        return serve(
+            args.serve, args.max_outbound, backplane=args.backplane, state_dir=args.state_dir
+        )
     started = time.monotonic()
     try:
         asyncio.run(run(args))

@@ -258,6 +258,10 @@ class RedisLink:
 
     async def _read(self, connection: AbstractConnection) -> None:
         while True:
+            # Yield once per message: read_response() does not suspend while replies are
+            # buffered, and a flood of messages must not starve the heartbeat or the
+            # readers of this node's own connections.
+            await asyncio.sleep(0)
             reply = await connection.read_response()
             kind = reply[0] if isinstance(reply, list) and reply else None
             if kind == b"message":
