@@ -255,7 +255,8 @@ def decode_frame_text(text: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
 
     Nesting deeper than ``max_depth``, ``NaN``, ``Infinity`` and numbers that overflow a
     double are refused with a ``ValueError`` that is also a
-    :class:`~agent.errors.RealtimeError` (INVALID_REQUEST) whose message is the answer.
+    :class:`~agent.errors.RealtimeError` (INVALID_REQUEST) whose message is the answer;
+    invalid JSON and lone UTF-16 surrogates with a plain ``ValueError``.
     """
     stripped = text.lstrip()
     if not stripped.startswith(("{", "[")):
