@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, MutableMapping
 from typing import Any, Final
 
+from agent.compat import check_asgi_send_hook
 from agent.errors import Codes
 from agent.hub.backplane import Member
 from agent.hub.limits import CloseCode, ErrorWindow, LimitSettings, TokenBucket
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 ASGISend = Callable[[MutableMapping[str, Any]], Coroutine[Any, Any, None]]
 # How long a close frame may wait for a peer that has stopped reading before giving up.
 _CLOSE_WAIT_SECONDS: Final = 10.0
+
+check_asgi_send_hook()  # Connection._write_now steps uvicorn's send coroutine by hand
 
 
 class ConnState(enum.Enum):

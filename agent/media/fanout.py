@@ -26,12 +26,15 @@ from aiortc.rtcrtpparameters import RTCRtpSendParameters
 from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket, unpack_remb_fci
 from av.packet import Packet
 
+from agent.compat import check_sender_hooks
 from agent.media.config import VideoCodec
 from agent.media.policy import KeyframeGate, Offer, RequestLimiter, ViewerQueue
 
 __all__ = ["EncodedFanout", "FanoutTrack", "TrackOwner"]
 
 logger = logging.getLogger(__name__)
+
+check_sender_hooks()  # FanoutTrack.attach wraps two RTCRtpSender methods (see above)
 
 _RTCP_KEYFRAME_REQUESTS = (RTCP_PSFB_PLI, RTCP_PSFB_FIR)
 

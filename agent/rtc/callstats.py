@@ -18,7 +18,11 @@ from typing import Any
 from aioice.turn import TurnClientTcpProtocol
 from aiortc import RTCPeerConnection
 
+from agent.compat import check_pair_hooks
+
 __all__ = ["CallFigures", "measure", "route_of"]
+
+check_pair_hooks()  # the route is read from aioice's nominated pair (see _pair_types)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,9 +35,12 @@ from aioice.turn import UDP_SOCKET_BUFFER_SIZE
 from aiortc import RTCPeerConnection
 from aiortc.rtcicetransport import RTCIceCandidate, RTCIceGatherer, parse_stun_turn_uri
 
+from agent.compat import check_gather_hooks
 from agent.rtc.ice import IceServer
 
 __all__ = ["GatherPlan", "TurnServer", "gather", "gather_plan", "local_candidates"]
+
+check_gather_hooks()  # _gather fills aioice's Connection itself
 
 log = logging.getLogger(__name__)
 

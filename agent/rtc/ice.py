@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import ifaddr
-from aiortc import RTCIceServer
-from aiortc.rtcicetransport import RTCIceCandidate, parse_stun_turn_uri
+from aiortc import RTCIceCandidate, RTCIceServer
+from aiortc.rtcicetransport import parse_stun_turn_uri
 from aiortc.sdp import candidate_from_sdp
 
+from agent.compat import check_sdp_hooks
 from agent.errors import Codes, RealtimeError
 from agent.rtc.mdns import is_mdns_name
 from agent.rtc.signaling import IceCandidate
@@ -43,6 +44,7 @@ __all__ = [
     "HubIceServers",
     "IceOptions",
     "IceServer",
+    "all_host_addresses",
     "candidate_to_aiortc",
     "ice_servers",
     "sdp_mdns_names",
@@ -58,6 +60,9 @@ _MAX_SERVERS: Final = 8
 _FETCH_SECONDS: Final = 5.0  # a call waits this long at most for the hub's answer
 _RETRY_SECONDS: Final = 30.0  # after a failed fetch, the configured servers alone this long
 _NO_ROUTE_SECONDS: Final = 3600.0  # a hub without /api/ice-servers is asked again after this
+_LOOPBACK: Final = ("127.0.0.1", "::1")
+
+check_sdp_hooks()  # candidates and server URLs go through aiortc's own parsers
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +228,18 @@ def system_addresses() -> list[tuple[str, str]]:
             elif ip.ip[2] == 0:  # scope id 0: not link-local, as aioice also requires
                 found.append((str(adapter.nice_name), ip.ip[0]))
     return found
+
+
+def all_host_addresses(available: Iterable[tuple[str, str]], *, ipv6: bool) -> list[str]:
+    """Every address of ``available`` to gather on when nothing is restricted: what aioice
+    itself would choose (all but 127.0.0.1 and ::1; IPv6 only with ``ipv6``)."""
+    chosen: list[str] = []
+    for _interface, address in available:
+        if address in _LOOPBACK or address in chosen:
+            continue
+        if ipv6 or ipaddress.ip_address(address).version == 4:
+            chosen.append(address)
+    return chosen
 
 
 def select_host_addresses(

@@ -25,9 +25,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeAlias
 
-from aioice.ice import get_host_addresses
 from aiortc import (
     RTCBundlePolicy,
+    RTCCertificate,
     RTCConfiguration,
     RTCDataChannel,
     RTCIceTransportPolicy,
@@ -35,13 +35,14 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamTrack
-from aiortc.rtcdtlstransport import RTCCertificate
 
+from agent.compat import DependencyMismatchError, check_certificate_hook
 from agent.rtc.bundle import Bundle, bundle_of, sdp_with_bundle_transport
 from agent.rtc.gather import GatherPlan, gather, gather_plan, local_candidates
 from agent.rtc.ice import (
     IceOptions,
     IceServer,
+    all_host_addresses,
     candidate_to_aiortc,
     sdp_mdns_names,
     sdp_with_hosts,
@@ -70,6 +71,8 @@ _DRAIN_SECONDS: Final = 5.0
 # aiortc 1.16 generates a certificate in RTCPeerConnection.__init__ and keeps it in this
 # name-mangled attribute; it has no RTCConfiguration.certificates (W3C) to pass one in.
 _CERTIFICATES_ATTR: Final = "_RTCPeerConnection__certificates"
+
+check_certificate_hook()
 
 
 class PeerFactory:
@@ -122,8 +125,10 @@ class PeerFactory:
             bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
         )
         pc = RTCPeerConnection(configuration)
-        if not hasattr(pc, _CERTIFICATES_ATTR):  # an aiortc that moved it: fail loudly
-            raise RuntimeError("this aiortc keeps its DTLS certificate elsewhere")
+        if not hasattr(pc, _CERTIFICATES_ATTR):  # checked at import; this is the proof
+            raise DependencyMismatchError(
+                "aiortc", "RTCPeerConnection.__certificates", user="agent.rtc.peer"
+            )
         setattr(pc, _CERTIFICATES_ATTR, [self.certificate])
         self._plans[pc] = gather_plan(chosen, relay_only=relay)
         return pc
@@ -141,7 +146,7 @@ class PeerFactory:
         )
         addresses = self.host_addresses()
         if addresses is None:
-            addresses = get_host_addresses(use_ipv4=True, use_ipv6=self.options.ipv6)
+            addresses = all_host_addresses(self._addresses(), ipv6=self.options.ipv6)
         await gather(pc, plan, addresses)
         await pc.setLocalDescription(description)
         local = pc.localDescription
