@@ -1,9 +1,11 @@
 """The ``edge-agent`` command: run | hub | user | token | config.
 
-Exit codes: 0 done; 1 the operation failed (unknown account, duplicate name, bad token);
-2 bad usage or bad settings (argparse's own code for usage errors, and every ConfigError).
-Errors are one line on stderr, never a traceback. ``token`` writes only the JWT to stdout
-so that ``TOKEN=$(edge-agent token --user NAME)`` works.
+Exit codes: 0 done; 1 the operation failed (unknown account, duplicate name, bad token,
+an address the hub cannot listen on); 2 bad usage or bad settings (argparse's own code for
+usage errors, and every ConfigError); 141 standard output closed early (``config show |
+head -1``), quietly, as a Unix tool ends on SIGPIPE. Errors are one line on stderr, never a
+traceback. ``token`` writes only the JWT to stdout so that ``TOKEN=$(edge-agent token
+--user NAME)`` works.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import getpass
 import importlib.util
 import json
 import logging
+import os
 import re
+import signal
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,7 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from agent import __version__
-from agent.config import LOG_LEVELS, Settings, check_settings_file, load_settings, parse_duration
+from agent.config import (
+    ENV_CONFIG,
+    LOG_LEVELS,
+    Settings,
+    check_settings_file,
+    load_settings,
+    parse_duration,
+)
 from agent.errors import AccountError, ConfigError, EdgeAgentError
 from agent.hub.accounts import Account, AccountStore, Role, check_new_password
 from agent.statedir import resolve_state_dir
@@ -33,6 +44,7 @@ EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 _EXIT_INTERRUPTED: Final = 130
+_EXIT_STDOUT_CLOSED: Final = 128 + signal.SIGPIPE
 _DEFAULT_TTL: Final = "30d"
 # Far above any password a person types; keeps a stray pipe from being read whole.
 _MAX_STDIN_PASSWORD: Final = 4096
@@ -43,7 +55,16 @@ Handler = Callable[[argparse.Namespace], int]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
-    args = build_parser().parse_args(argv)
+    try:
+        try:
+            return _dispatch(build_parser().parse_args(argv))
+        finally:
+            sys.stdout.flush()  # a reader that left shows here, not as an error at exit
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
@@ -106,17 +127,22 @@ def _options(*, config: bool = True, state_dir: bool = True) -> list[argparse.Ar
     return [common]
 
 
+def _listen_options(parser: argparse.ArgumentParser, whose: str) -> None:
+    parser.add_argument("--host", help=f"address {whose} listens on (hub.host)")
+    parser.add_argument("--port", type=_port, help=f"port {whose} listens on, 0: any (hub.port)")
+
+
 def _add_run(commands: _Commands) -> None:
     run = commands.add_parser(
         "run", parents=_options(), help="run the agent (an embedded hub without connect.url)"
     )
+    _listen_options(run, "the embedded hub and viewer")
     run.set_defaults(handler=_cmd_run)
 
 
 def _add_hub(commands: _Commands) -> None:
     hub = commands.add_parser("hub", parents=_options(), help="run a hub")
-    hub.add_argument("--host", help="address to listen on (hub.host)")
-    hub.add_argument("--port", type=_port, help="port to listen on, 0 for any (hub.port)")
+    _listen_options(hub, "the hub")
     hub.add_argument(
         "action",
         nargs="?",
@@ -279,7 +305,7 @@ def _ttl(text: str) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    settings = _load(args, state_dir=args.state_dir)
+    settings = _load(args, state_dir=args.state_dir, hub__host=args.host, hub__port=args.port)
     from agent.daemon import run_agent  # lazy: the daemon pulls in media and rtc
 
     return run_agent(settings, config_path=args.config)
@@ -409,8 +435,7 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return EXIT_OK
-    source = f"{args.config}" if args.config else "$EDGE_AGENT_CONFIG or defaults"
-    print(f"# effective settings ({source}, then environment); secrets are redacted")
+    print(f"# effective settings: {_settings_source(args)}; secrets are redacted")
     print("\n".join(_toml_lines(data)))
     return EXIT_OK
 
@@ -444,6 +469,16 @@ def _load(args: argparse.Namespace, **overrides: Any) -> Settings:
     settings = load_settings(args.config, **overrides)
     _configure_logging(args.log_level or settings.log_level)
     return settings
+
+
+def _settings_source(args: argparse.Namespace) -> str:
+    """Where the settings came from, in words; the file as load_settings picks it."""
+    if args.config is not None:
+        return f"file {args.config}, then the environment"
+    from_env = os.environ.get(ENV_CONFIG, "").strip()
+    if from_env:
+        return f"file {from_env} (from ${ENV_CONFIG}), then the environment"
+    return f"no file (neither --config nor ${ENV_CONFIG}), the environment and defaults"
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -533,6 +568,16 @@ def _configure_logging(level: str) -> None:
 def _fail(exc: EdgeAgentError, code: int) -> int:
     print(f"edge-agent: {exc}", file=sys.stderr)
     return code
+
+
+def _stdout_closed() -> int:
+    # Python ignores SIGPIPE (sockets get EPIPE instead), so a closed pipe is an error on
+    # the next write; stdout goes to /dev/null so the flush at exit cannot fail again.
+    # (Python's signal module documentation, "Note on SIGPIPE".)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return _EXIT_STDOUT_CLOSED
 
 
 # -- config show as TOML ------------------------------------------------------------------

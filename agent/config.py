@@ -437,7 +437,8 @@ class Settings(BaseSettings):
     @field_validator("groups", mode="before")
     @classmethod
     def _groups_from_text(cls, value: object) -> object:
-        # From the environment: a JSON list, or the friendlier "front-door,devices".
+        # From the environment: a JSON list, or the friendlier "front-door,devices"; the
+        # same friendly text in a file (groups = "home") is a list too, as documented.
         if not isinstance(value, str):
             return value
         text = value.strip()

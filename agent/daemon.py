@@ -324,7 +324,7 @@ class Agent:
         for name, port in fields.get("sensors", {}).items():
             lines.append(f"serial {name}: {port.get('state')} ({port.get('readings', 0)} readings)")
         for name, rule in fields.get("events", {}).items():
-            lines.append(f"event {name}: fired {rule.get('fired', 0)} times")
+            lines.append(f"event {name}: {_fired_text(int(rule.get('fired', 0)))}")
         if self.media is not None:
             lines.append(f"media: {self.media.viewers} viewers")
         lines.extend(_call_line(f) for f in self._call_figures)
@@ -496,6 +496,13 @@ def _decode_jpeg(jpeg: bytes) -> Any:
 
     with av.open(io.BytesIO(jpeg), mode="r", format="mjpeg") as container:
         return next(container.decode(video=0))
+
+
+def _fired_text(count: int) -> str:
+    """How often a rule fired, in words: "not fired yet", "fired once", "fired 3 times"."""
+    if count == 0:
+        return "not fired yet"
+    return "fired once" if count == 1 else f"fired {count} times"
 
 
 def _call_line(f: CallFigures) -> str:

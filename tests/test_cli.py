@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -357,6 +358,75 @@ def _wait_for_listening(hub: subprocess.Popen[str]) -> str:
     raise AssertionError("hub exited before listening:\n" + "".join(seen))
 
 
+@pytest.mark.parametrize("command", ["run", "hub"])
+def test_a_busy_address_is_one_line_naming_the_flag_and_setting(
+    cli: Cli, state: Path, command: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli(command, "--host", "127.0.0.1", "--port", str(port), "--state-dir", str(state))
+    assert result.code == 1
+    assert result.out == ""
+    assert result.err == (
+        f"edge-agent: cannot listen on 127.0.0.1:{port}: the address is already in use; "
+        "choose another port with --port (setting hub.port)\n"
+    )
+
+
+def test_run_listens_where_told_and_counts_a_rule_fired_once(cli: Cli, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'name = "porch"\nstate_dir = "{state}"\n[metrics]\nenabled = false\n\n'
+        '[[events]]\nname = "bell"\ntrigger = { type = "manual" }\nactions = [{ type = "post" }]\n'
+    )
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "xdg")}
+    env.pop("JOURNAL_STREAM", None)
+    command = [sys.executable, "-m", "agent.cli", "--log-level", "info", "run"]
+    agent = subprocess.Popen(
+        [*command, "--config", str(config), "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        assert agent.stdout is not None
+        found = re.search(r"viewer at http://127\.0\.0\.1:(\d+)/", agent.stdout.readline())
+        assert found is not None
+        assert int(found.group(1)) not in (0, 8080)  # --port 0: any free port, not hub.port
+        _wait_for_log(agent, "control socket at")
+        assert cli("status", "--config", str(config)).out.splitlines()[1:2] == [
+            "event bell: not fired yet"
+        ]
+        assert cli("trigger", "bell", "--config", str(config)).code == 0
+        assert "event bell: fired once" in cli("status", "--config", str(config)).out
+        assert cli("trigger", "bell", "--config", str(config)).code == 0
+        assert "event bell: fired 2 times" in cli("status", "--config", str(config)).out
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=30) == 0
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        for stream in (agent.stdout, agent.stderr):
+            assert stream is not None
+            stream.close()
+
+
+def _wait_for_log(process: subprocess.Popen[str], text: str) -> None:
+    assert process.stderr is not None
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if text in line:
+            return
+    raise AssertionError(f"no {text!r} in the log:\n" + "".join(seen))
+
+
 # -- config ---------------------------------------------------------------------------------
 
 
@@ -410,6 +480,59 @@ def test_config_show_redacts_secrets_and_applies_the_environment(cli: Cli, tmp_p
     assert json.loads(as_json.out)["connect"]["token_file"] is None
 
 
+def test_config_show_names_the_file_it_read(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('name = "porch"\n')
+    given = cli("config", "show", "--config", str(path))
+    assert given.out.splitlines()[0] == (
+        f"# effective settings: file {path}, then the environment; secrets are redacted"
+    )
+    from_env = cli("config", "show", env={"EDGE_AGENT_CONFIG": str(path)})
+    assert from_env.out.splitlines()[0] == (
+        f"# effective settings: file {path} (from $EDGE_AGENT_CONFIG), then the environment; "
+        "secrets are redacted"
+    )
+    assert 'name = "porch"' in from_env.out
+    none = cli("config", "show")
+    assert "no file (neither --config nor $EDGE_AGENT_CONFIG)" in none.out.splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["config", "show"], 128 + signal.SIGPIPE),
+        (["config", "show", "--json"], 128 + signal.SIGPIPE),
+        (["user", "list"], 128 + signal.SIGPIPE),
+        # argparse itself ignores a failed write of its help and version texts.
+        (["--help"], 0),
+        (["--version"], 0),
+    ],
+)
+def test_a_reader_that_leaves_early_gets_no_traceback(
+    args: list[str], code: int, tmp_path: Path
+) -> None:
+    # `edge-agent config show | head -1`, made certain: the reading end is closed before
+    # the command writes, so its first write meets a broken pipe.
+    read, write = os.pipe()
+    os.close(read)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    env["XDG_STATE_HOME"] = str(tmp_path / "xdg")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "agent.cli", *args],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (code, "")
+
+
 def test_config_show_reports_bad_settings(cli: Cli) -> None:
     result = cli("config", "show", env={"EDGE_AGENT_HUB__PORT": "eighty"})
     assert result.code == 2
@@ -419,6 +542,7 @@ def test_config_show_reports_bad_settings(cli: Cli) -> None:
 def test_usage_errors_exit_2(cli: Cli) -> None:
     assert cli().code == 2
     assert cli("user").code == 2
-    bad_port = cli("hub", "--port", "70000")
-    assert bad_port.code == 2
-    assert "not a port number" in bad_port.err
+    for command in ("hub", "run"):
+        bad_port = cli(command, "--port", "70000")
+        assert bad_port.code == 2
+        assert "not a port number" in bad_port.err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -118,6 +119,15 @@ def test_groups_from_the_environment(
 ) -> None:
     monkeypatch.setenv("EDGE_AGENT_GROUPS", value)
     assert load_settings().groups == groups
+
+
+@pytest.mark.parametrize(
+    ("text", "groups"),
+    [('groups = "home"', ["home"]), ('groups = "home, porch"', ["home", "porch"])],
+)
+def test_groups_as_text_in_a_file_are_a_list(tmp_path: Path, text: str, groups: list[str]) -> None:
+    # Documented (README, config/agent.toml): the environment's friendly form works in a file.
+    assert check_settings_file(write(tmp_path, text + "\n")).groups == groups
 
 
 def test_empty_environment_value_means_unset(
@@ -319,6 +329,37 @@ def test_every_example_loads(path: Path) -> None:
     settings = load_settings(path)
     assert settings == check_settings_file(path)
     assert settings.groups or path.name == "hub.toml"
+
+
+# Tables every example shows (set, or commented out with their keys to copy).
+SHOWN_TABLES = ("metrics", "push", "hub.limits")
+_TABLE_LINE = re.compile(r"^(?:#\s*)?\[([a-z_.]+)\]\s*$")
+_COMMENTED_KEY = re.compile(r"^#\s*([a-z_]+\s*=.*)$")
+
+
+def commented_settings(text: str, tables: tuple[str, ...]) -> str:
+    """The commented-out keys of ``tables`` in ``text``, uncommented, as a TOML document."""
+    found: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if header := _TABLE_LINE.match(line):
+            current = header.group(1)
+        elif current in tables and (key := _COMMENTED_KEY.match(line)):
+            found.setdefault(current, []).append(key.group(1))
+        elif not line.startswith("#"):
+            current = None if line.strip() else current
+    return "".join(f"[{name}]\n" + "\n".join(keys) + "\n" for name, keys in found.items())
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[path.name for path in EXAMPLES])
+def test_examples_show_metrics_push_and_limits(tmp_path: Path, path: Path) -> None:
+    text = path.read_text()
+    for table in SHOWN_TABLES:
+        assert f"[{table}]" in text, f"{path.name} does not show [{table}]"
+    # What the examples suggest is valid once uncommented.
+    uncommented = commented_settings(text, (*SHOWN_TABLES, "push.outbox"))
+    assert uncommented
+    check_settings_file(write(tmp_path, uncommented))
 
 
 def test_examples_say_what_they_are() -> None:

@@ -223,7 +223,9 @@ def machine(tmp_path: Path, uname_m: str, long_bit: str) -> dict[str, str]:
     for name, option, answer in (("uname", "-m", uname_m), ("getconf", "LONG_BIT", long_bit)):
         real = shutil.which(name)
         assert real is not None
-        script = f'#!/bin/sh\n[ "$1" = {option} ] && {{ echo {answer}; exit 0; }}\nexec {real} "$@"\n'
+        script = (
+            f'#!/bin/sh\n[ "$1" = {option} ] && {{ echo {answer}; exit 0; }}\nexec {real} "$@"\n'
+        )
         (shims / name).write_text(script)
         (shims / name).chmod(0o755)
     return {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}"}

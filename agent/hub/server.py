@@ -1,8 +1,9 @@
 """The hub as a server: uvicorn serving the hub application, in-process or as a command.
 
-:class:`HubServer` binds its own listening socket (so port 0 works and a bind error is an
-``OSError`` here, not uvicorn's ``sys.exit``) and drives uvicorn's startup, main loop and
-shutdown without uvicorn's signal handling: whoever embeds the hub owns the signals.
+:class:`HubServer` binds its own listening socket (so port 0 works and a bind error is a
+:class:`HubAddressError` here, not uvicorn's ``sys.exit``) and drives uvicorn's startup, main
+loop and shutdown without uvicorn's signal handling: whoever embeds the hub owns the signals
+(uvicorn's public ``Server.serve`` installs its own; :mod:`agent.compat` checks the steps).
 :func:`run_hub` is the blocking command: it stops cleanly on SIGTERM or SIGINT.
 
 With ``hub.tls_cert`` and ``hub.tls_key`` the hub serves HTTPS and WSS (browsers allow the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import re
@@ -25,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Final
 import uvicorn
 import uvicorn.config
 
-from agent.errors import ConfigError
+from agent.compat import check_server_hooks
+from agent.errors import ConfigError, EdgeAgentError
 from agent.hub.access import AccessTable
 from agent.hub.app import STATIC_DIR, HubApplication, HubServices
 from agent.hub.backplane import Backplane, backplane_for
@@ -46,9 +49,11 @@ from agent.statedir import resolve_state_dir
 if TYPE_CHECKING:
     from agent.config import Settings
 
-__all__ = ["HubServer", "run_hub"]
+__all__ = ["HubAddressError", "HubServer", "run_hub"]
 
 log = logging.getLogger(__name__)
+
+check_server_hooks()
 
 # uvicorn's sans-I/O protocol over websockets (no per-connection task for the protocol);
 # older uvicorn releases only have the websockets one.
@@ -60,6 +65,34 @@ _GRACEFUL_SHUTDOWN_SECONDS: Final = 3
 _BACKLOG: Final = 2048
 _REDACT_LOGGERS: Final = ("uvicorn.error", "uvicorn.access")
 _TOKEN_QUERY_RE: Final = re.compile(r"(token=)[^&\s]+")
+# Why a bind fails, and which of --host/--port (hub.host/hub.port) changes it.
+_BIND_FAILURES: Final = {
+    errno.EADDRINUSE: ("the address is already in use", "port"),
+    errno.EACCES: ("ports below 1024 need privileges", "port"),
+    errno.EADDRNOTAVAIL: ("{host} is not an address of this machine", "host"),
+}
+
+
+class HubAddressError(EdgeAgentError, OSError):
+    """The hub cannot listen on ``host``:``port``; the message names the flag and the
+    setting that change it. An ``OSError`` (``errno`` from the bind) for callers that
+    catch those."""
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        reason, change = _BIND_FAILURES.get(cause.errno or 0, (str(cause.strerror), ""))
+        advice = (
+            f"choose another {change} with --{change} (setting hub.{change})"
+            if change
+            else "check --host and --port (settings hub.host, hub.port)"
+        )
+        shown = f"[{host}]" if _is_ipv6(host) else host  # as given, wildcards too
+        message = f"cannot listen on {shown}:{port}: {reason.format(host=shown)}; {advice}"
+        super().__init__(cause.errno, message)
+        self.host = host
+        self.port = port
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class HubServer:
@@ -148,14 +181,14 @@ class HubServer:
         return f"{'wss' if self.tls else 'ws'}://{_url_host(self.settings.hub.host)}:{self.port}/ws"
 
     async def start(self) -> None:
-        """Bind and start serving; ``OSError`` if the address is taken."""
+        """Bind and start serving; :class:`HubAddressError` if it cannot listen."""
         if self._server is not None:
             raise RuntimeError("The hub is already started.")
         _install_log_redaction()
         config = self._uvicorn_config()
         # Routing first: a connection accepted before it could not reach other nodes.
         await self.backplane.start()
-        sock = _bind(self.settings.hub.host, self.settings.hub.port)
+        sock = _bind(self.settings.hub.host, self.settings.hub.port)  # HubAddressError
         server = uvicorn.Server(config)
         await self._start_history()  # before any device can connect
         server.lifespan = config.lifespan_class(config)
@@ -300,6 +333,9 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise HubAddressError(host, port, exc) from exc
     except BaseException:
         sock.close()
         raise
