@@ -31,7 +31,7 @@ from agent.hub.grants import grant_matches, grants_overlap
 if TYPE_CHECKING:
     from agent.hub.accounts import AccountStore
 
-__all__ = ["Access", "AccessTable"]
+__all__ = ["Access", "AccessTable", "accounts_share_a_group"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,13 @@ class Access:
     def visible_groups(self, groups: Iterable[str]) -> list[str]:
         """The groups of ``groups`` this account may see, in their order."""
         return [group for group in groups if self.may_use(group)]
+
+
+def accounts_share_a_group(sender: object, recipient: object) -> bool:
+    """Whether two account records share a group ``sender`` is granted (push's reach rule)."""
+    if not isinstance(sender, Account) or not isinstance(recipient, Account):
+        return False
+    return Access.of(sender).shares_group_with(Access.of(recipient))
 
 
 class AccessTable:

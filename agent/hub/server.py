@@ -29,7 +29,7 @@ import uvicorn.config
 
 from agent.compat import check_server_hooks
 from agent.errors import ConfigError, EdgeAgentError
-from agent.hub.access import AccessTable
+from agent.hub.access import AccessTable, accounts_share_a_group
 from agent.hub.app import STATIC_DIR, HubApplication, HubServices
 from agent.hub.backplane import Backplane, backplane_for
 from agent.hub.devices_api import IceServerItem
@@ -127,6 +127,7 @@ class HubServer:
                 self.records.push, self.records.secrets, settings.push, accounts=self.accounts
             )
         )
+        self.push.reaches = accounts_share_a_group  # devices alert only people they share with
         self.snapshots = SnapshotStore(self.records.snapshots)
         self.history = self._history(settings)
         self._history_run: contextlib.AsyncExitStack | None = None

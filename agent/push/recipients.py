@@ -3,9 +3,11 @@
 - **Admins** push to anyone; naming nobody reaches every user with a subscription.
 - **Devices** push to the accounts ``[push] device_recipients`` allows them: the entry under
   the device's account name, else the ``"*"`` entry (by default every admin and user, never
-  other devices). Entries are account names or ``role:NAME``. Naming a user the device may
-  not alert is refused (FORBIDDEN); a role reaches the members the device may alert; naming
-  nobody reaches everyone it may alert.
+  other devices), and of those only the ones ``reaches`` allows (on the hub: accounts that
+  share a granted group with the device, the rule messages follow). Entries are account
+  names or ``role:NAME``. Naming a user the device may not alert is refused (FORBIDDEN); a
+  role reaches the members the device may alert; naming nobody reaches everyone it may
+  alert.
 - **Users** may not push (FORBIDDEN); they message people through realtime instead, whose
   ``notification`` reaches a recipient who is not connected.
 
@@ -14,7 +16,7 @@ Names and ids of accounts that do not exist are skipped (and reported back for t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,7 +24,7 @@ from agent.errors import Codes, RealtimeError
 from agent.push.message import Recipients
 from agent.push.settings import ROLE_PREFIX
 
-__all__ = ["AccountLike", "Resolution", "allowed_for_device", "resolve_recipients"]
+__all__ = ["AccountLike", "Reaches", "Resolution", "allowed_for_device", "resolve_recipients"]
 
 _ADMIN = "admin"
 _DEVICE = "device"
@@ -47,6 +49,9 @@ class AccountLike(Protocol):
         ...
 
 
+Reaches = Callable[["AccountLike", "AccountLike"], bool]  # may (sender) alert (recipient)?
+
+
 @dataclass(frozen=True, slots=True)
 class Resolution:
     """The user ids a request reaches, and the names or ids it gave that match no account."""
@@ -62,6 +67,7 @@ def resolve_recipients(
     accounts: Sequence[AccountLike],
     subscribed: Iterable[str],
     device_rules: Mapping[str, Sequence[str]],
+    reaches: Reaches | None = None,
 ) -> Resolution:
     """The user ids ``caller``'s request reaches; FORBIDDEN if it may not push to them."""
     if caller.role == _ADMIN:
@@ -70,6 +76,10 @@ def resolve_recipients(
         return _named(recipients, accounts, allowed=None)
     if caller.role == _DEVICE:
         allowed = allowed_for_device(caller.name, accounts, device_rules)
+        if reaches is not None:
+            allowed = frozenset(
+                a.user_id for a in accounts if a.user_id in allowed and reaches(caller, a)
+            )
         if recipients.everyone:
             return Resolution(allowed)
         return _named(recipients, accounts, allowed=allowed)
@@ -105,7 +115,8 @@ def _named(
         if refused is not None:
             raise RealtimeError(
                 Codes.FORBIDDEN,
-                f'This device may not push to "{refused.name}" ([push] device_recipients).',
+                f'This device may not push to "{refused.name}" '
+                "([push] device_recipients, and a group both are granted).",
             )
     ids = {a.user_id for a in found}
     for account in accounts:

@@ -61,7 +61,7 @@ from agent.push.queue import (
     QueueStats,
     SqliteDeliveryQueue,
 )
-from agent.push.recipients import AccountLike, resolve_recipients
+from agent.push.recipients import AccountLike, Reaches, resolve_recipients
 from agent.push.sender import PushResponse, PushSender, WebPushSender, make_session
 from agent.push.settings import PushSettings
 from agent.push.store import PUSH_DB_FILE, StoredSubscription, SubscriptionStore
@@ -117,6 +117,8 @@ class PushService:
         self.queue = SqliteDeliveryQueue(store)
         self.metrics = PushMetrics()
         self._accounts = accounts
+        # Whom a device may alert beyond [push] device_recipients: the hub sets its grant rule.
+        self.reaches: Reaches | None = None
         self._signer = VapidSigner(keys, settings.subject)
         self._session = session  # injected: its owner closes it
         self._own_session: aiohttp.ClientSession | None = None
@@ -345,6 +347,7 @@ class PushService:
                 accounts=accounts,
                 subscribed=subscribed,
                 device_rules=self.settings.device_recipients,
+                reaches=self.reaches,
             )
         except RealtimeError as exc:
             return exc

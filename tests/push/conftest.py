@@ -43,9 +43,10 @@ class PushHub:
         self.push = push
         self._owns_push = owns_push
 
-    def user(self, name: str, role: Role = Role.USER) -> User:
+    def user(self, name: str, role: Role = Role.USER, groups: tuple[str, ...] = ("*",)) -> User:
+        """The account ``name`` (made granted ``groups`` if new) and a token for it."""
         account = self.server.accounts.get_by_name(name) or self.server.accounts.add(
-            name, None, role, groups=["*"]
+            name, None, role, groups=groups
         )
         return User(account, self.server.tokens.issue(account, 3600))
 

@@ -219,7 +219,8 @@ async def test_devices_push_to_people_by_default_but_not_to_other_devices(
     assert refused["status"] == 403
     assert refused["json"] == {
         "code": Codes.FORBIDDEN,
-        "message": 'This device may not push to "cam" ([push] device_recipients).',
+        "message": 'This device may not push to "cam" '
+        "([push] device_recipients, and a group both are granted).",
     }
     everyone = await send(hub, door, title="Everyone", body="")
     assert everyone["status"] == 200
@@ -239,6 +240,23 @@ async def test_a_device_rule_limits_its_recipients(
     assert (await send(hub, gate, title="users", body="", roles=["user"]))["status"] == 200
     await hub.push.drain()
     assert [(r.path, r.payload["title"]) for r in service.received] == [("alice-phone", "users")]
+
+
+async def test_a_device_alerts_only_people_it_shares_a_group_with(
+    hub: PushHub, service: LoopbackPushService
+) -> None:
+    door = hub.user("door", Role.DEVICE, groups=("home",))
+    alice = hub.user("alice", groups=("home",))
+    mallory = hub.user("mallory", groups=("elsewhere",))
+    await subscribe(hub, service, alice, "alice-phone")
+    await subscribe(hub, service, mallory, "mallory-phone")
+    refused = await send(hub, door, title="Ring", body="", users=["mallory"])
+    assert refused["status"] == 403
+    assert "a group both are granted" in refused["json"]["message"]
+    everyone = await send(hub, door, title="Everyone", body="")
+    assert everyone["status"] == 200
+    await hub.push.drain()
+    assert [(r.path, r.payload["title"]) for r in service.received] == [("alice-phone", "Everyone")]
 
 
 async def test_a_resent_alert_id_is_acknowledged_but_pushed_once(
