@@ -338,6 +338,20 @@ class HubSettings(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _cluster_needs_shared_records(self) -> HubSettings:
+        # A Redis backplane means several nodes. On SQLite each node would keep its own
+        # accounts, and a starting SQLite hub releases every push-queue lease (it believes
+        # it is alone), so two nodes could send one alert twice: refuse it at load time.
+        if self.backplane != "memory" and self.database == "sqlite":
+            raise ValueError(
+                'hub.backplane is a Redis URL (several hub nodes) but hub.database is "sqlite" '
+                "(one node's own files: accounts and the push queue would not be shared); "
+                "set hub.database to the postgresql:// URL every node uses, or "
+                'hub.backplane = "memory" for one hub process'
+            )
+        return self
+
 
 class ConnectSettings(_Section):
     """The hub this agent connects to ([connect]); no ``url`` runs an embedded hub.

@@ -6,6 +6,8 @@ import json
 import os
 import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -609,3 +611,51 @@ def test_line_of_follows_arrays_of_tables_and_subtables() -> None:
     assert _line_of(text, ("serial", 1, "framing", "missing")) == 8
     assert _line_of(text, ("serial", 1, "framing", "quoted key")) == 10
     assert _line_of(text, ("other",)) is None
+
+
+# -- a cluster that cannot work -------------------------------------------------------------
+
+_CLUSTER_ON_SQLITE = '[hub]\nbackplane = "redis://:s3cret-pass@127.0.0.1:6379/0"\n'
+
+
+def test_a_redis_backplane_needs_a_shared_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        check_settings_file(write(tmp_path, _CLUSTER_ON_SQLITE))
+    text = str(caught.value)
+    assert 'hub.backplane is a Redis URL (several hub nodes) but hub.database is "sqlite"' in text
+    assert "set hub.database to the postgresql:// URL every node uses" in text
+    assert "s3cret-pass" not in text
+    # Whichever layer sets the backplane, the refusal is the same.
+    monkeypatch.setenv("EDGE_AGENT_HUB__BACKPLANE", "redis://127.0.0.1:6379/0")
+    with pytest.raises(ConfigError, match=r'hub\.database is "sqlite"'):
+        load_settings(None)
+    # A shared database, or one process in memory, is fine.
+    cluster = load_settings(write(tmp_path, '[hub]\ndatabase = "postgresql://hub@db/edge"\n'))
+    assert cluster.hub.backplane.startswith("redis://")
+    monkeypatch.delenv("EDGE_AGENT_HUB__BACKPLANE")
+    assert load_settings(None).hub.database == "sqlite"
+
+
+@pytest.mark.parametrize("command", [["config", "check", "{path}"], ["hub", "--config", "{path}"]])
+def test_config_check_and_hub_both_refuse_a_cluster_on_sqlite(
+    tmp_path: Path, command: list[str]
+) -> None:
+    path = write(tmp_path, _CLUSTER_ON_SQLITE, name="hub.toml")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("EDGE_AGENT_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli", *(part.format(path=path) for part in command)],
+        capture_output=True,
+        text=True,
+        env={**env, "XDG_STATE_HOME": str(tmp_path / "xdg")},
+        cwd=CONFIG_DIR.parent,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"edge-agent: {path}:1, key 'hub': hub.backplane is a Redis")
+    assert "hub.database" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "s3cret-pass" not in done.stderr
+    assert not (tmp_path / "xdg").exists()  # refused before anything was made
