@@ -1,4 +1,5 @@
-"""Hub nodes sharing one real Redis (started for the session) and one state directory."""
+"""Hub nodes sharing one real Redis (started for the session) and one PostgreSQL database
+(a fresh one per test, on the session's server from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from postgres import PostgresServer
 
 from .redis_server import RedisServer
 
@@ -33,3 +35,9 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def database_url(postgres: PostgresServer) -> str:
+    """A fresh empty database of the session's PostgreSQL: the records this test's nodes share."""
+    return postgres.database()

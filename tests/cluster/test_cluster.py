@@ -1,5 +1,6 @@
-"""Three hub nodes in this process on one Redis and one state directory: members spread
-over the nodes talk, list, call and lose grants as if they were on one hub."""
+"""Three hub nodes in this process on one Redis and one PostgreSQL database, each with its
+own state directory: members spread over the nodes talk, list and call as if they were on one
+hub, and an account added, granted or removed through one node takes effect on all."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from rtc.conftest import LOOPBACK, Inbox, Viewer, small_pattern
 
@@ -23,6 +25,7 @@ from agent.rtc.policy import CallPolicy
 
 GROUP = "home"
 WAIT = 30.0
+PASSWORD = "correct horse battery"
 
 
 @dataclass
@@ -46,12 +49,14 @@ Join = Callable[..., Awaitable[Member]]
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path, redis_url: str) -> AsyncIterator[list[HubServer]]:
-    """Three started nodes; stopped after."""
+async def cluster(
+    tmp_path: Path, redis_url: str, database_url: str
+) -> AsyncIterator[list[HubServer]]:
+    """Three started nodes sharing nothing but Redis and the database; stopped after."""
     nodes: list[HubServer] = []
-    for _ in range(3):
-        hub = HubSettings(host="127.0.0.1", port=0, backplane=redis_url)
-        node = HubServer(Settings(state_dir=tmp_path / "hub", hub=hub))
+    for index in range(3):
+        hub = HubSettings(host="127.0.0.1", port=0, backplane=redis_url, database=database_url)
+        node = HubServer(Settings(state_dir=tmp_path / f"node{index}", hub=hub))
         await node.start()
         nodes.append(node)
     yield nodes
@@ -174,3 +179,76 @@ async def test_a_grant_revoked_through_one_node_reaches_a_member_on_another(
     assert left.sender_rid == GROUP
     users = await bob.client.get_realtime_users(GROUP)
     assert [u["user_id"] for u in users["list"]] == [bob.user_id]
+
+
+async def reloaded(node: HubServer) -> asyncio.Event:
+    """Set when ``node`` next applies a change of the accounts (its poll of the database)."""
+    changed = asyncio.Event()
+
+    async def listener(_table: object) -> None:
+        changed.set()
+
+    node.access.subscribe(listener)
+    return changed
+
+
+async def me(node: HubServer, token: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=node.http_url, timeout=WAIT) as http:
+        return await http.get("/api/me", headers={"Authorization": f"Bearer {token}"})
+
+
+async def test_an_account_added_through_node_3_works_on_every_node(
+    cluster: list[HubServer],
+) -> None:
+    add = cluster[2].accounts.add
+    account = await asyncio.to_thread(add, "gail", PASSWORD, Role.USER, groups=[GROUP])
+    # Her password works on node 1, and a token of node 3 on every node: one store, one secret.
+    async with httpx.AsyncClient(base_url=cluster[0].http_url, timeout=WAIT) as http:
+        login = await http.post("/api/login", json={"name": "gail", "password": PASSWORD})
+    assert login.status_code == 200, login.text
+    assert login.json()["user_id"] == account.user_id
+    tokens = [login.json()["token"], cluster[2].tokens.issue(account, 600)]
+    for node in cluster:
+        for token in tokens:
+            answer = await me(node, token)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["user_id"] == account.user_id
+    client, inbox = RealtimeClient(cluster[1].ws_url, token=tokens[1]), Inbox()
+    try:
+        await client.connect_realtime(inbox)
+        await client.join_realtime(GROUP)
+        await inbox.wait_for("notice", sender=account.user_id, code="USER_JOINED")
+    finally:
+        await client.close_realtime()
+
+
+async def test_a_grant_added_through_node_3_lets_a_member_on_node_1_in(
+    join: Join, cluster: list[HubServer]
+) -> None:
+    alice = await join("alice", 0, grants=(GROUP,))
+    await alice.client.join_realtime("garage", keep=True)
+    await alice.inbox.wait_for("error", code="FORBIDDEN")
+    changed = await reloaded(cluster[0])
+    await asyncio.to_thread(cluster[2].accounts.grant, "alice", ["garage"])
+    async with asyncio.timeout(WAIT):
+        await changed.wait()  # node 1 saw the shared revision move
+    access = cluster[0].access.get(alice.user_id)
+    assert access is not None
+    assert access.may_use("garage")
+    await alice.client.join_realtime("garage", keep=True)
+    await alice.inbox.wait_for("notice", sender=alice.user_id, sender_rid="garage")
+
+
+async def test_an_account_removed_through_node_3_is_gone_on_every_node(
+    join: Join, cluster: list[HubServer]
+) -> None:
+    temp, bob = await join("temp", 0), await join("bob", 1)
+    token = cluster[2].tokens.issue(temp.account, 600)
+    assert (await me(cluster[0], token)).status_code == 200
+    await asyncio.to_thread(cluster[2].accounts.remove, "temp")
+    await temp.inbox.wait_for("error", code="UNAUTHORIZED")  # node 1 closed her connection
+    await bob.inbox.wait_for("notice", sender=temp.user_id, code="USER_DISCONNECTED")
+    users = await bob.client.get_realtime_users(GROUP)
+    assert [u["user_id"] for u in users["list"]] == [bob.user_id]
+    for node in cluster:
+        assert (await me(node, token)).status_code == 401

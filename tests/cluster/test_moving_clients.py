@@ -23,8 +23,10 @@ GROUP = "home"
 WAIT = 30.0
 
 
-async def start_node(state_dir: Path, backplane: str = "memory") -> HubServer:
-    hub = HubSettings(host="127.0.0.1", port=0, backplane=backplane)
+async def start_node(
+    state_dir: Path, backplane: str = "memory", database: str = "sqlite"
+) -> HubServer:
+    hub = HubSettings(host="127.0.0.1", port=0, backplane=backplane, database=database)
     node = HubServer(Settings(state_dir=state_dir, hub=hub))
     await node.start()
     return node
@@ -109,10 +111,10 @@ async def _answer_503(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 
 
 async def test_a_client_moves_to_another_node_when_its_node_stops(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, database_url: str
 ) -> None:
-    first = await start_node(tmp_path / "hub", redis_url)
-    second = await start_node(tmp_path / "hub", redis_url)
+    first = await start_node(tmp_path / "first", redis_url, database_url)
+    second = await start_node(tmp_path / "second", redis_url, database_url)
     alice, alice_jwt = token(first, "alice")
     _, bob_jwt = token(first, "bob")
     mover = RealtimeClient([first.ws_url, second.ws_url], token=alice_jwt)

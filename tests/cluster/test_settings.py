@@ -22,7 +22,8 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_a_redis_url_is_a_backplane_and_its_password_is_never_shown(tmp_path: Path) -> None:
-    path = write(tmp_path, '[hub]\nbackplane = "rediss://hub:s3cret-pass@redis.example:6380/2"\n')
+    backplane = 'backplane = "rediss://hub:s3cret-pass@redis.example:6380/2"'
+    path = write(tmp_path, f'[hub]\n{backplane}\ndatabase = "postgresql://hub@db/edge"\n')
     settings = load_settings(path)
     assert settings.hub.backplane.startswith("rediss://hub:s3cret-pass@")
     shown = settings.redacted()["hub"]["backplane"]

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from postgres import PostgresServer, postgres_server
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -142,10 +141,3 @@ async def closed_code(ws: ClientConnection) -> int | None:
             await asyncio.wait_for(ws.recv(), TIMEOUT)
     except ConnectionClosed:
         return ws.close_code
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """One real PostgreSQL server for the session (Debian's, on a loopback port)."""
-    with postgres_server() as server:
-        yield server
