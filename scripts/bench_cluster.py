@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Cluster benchmark: one hub node (memory backplane) against three hub nodes on Redis, the
-same members and workload, measured in the same run.
+"""Cluster benchmark: one hub node (memory backplane, SQLite) against three hub nodes on
+Redis and PostgreSQL (as a cluster must run), the same members and workload, measured in the
+same run. Redis and PostgreSQL are started here on loopback ports in a temporary directory
+(PostgreSQL by tests/postgres.py, Debian's binaries) and removed after.
 
 Fan-out: M members of one group; in the cluster they are spread evenly over the three
 nodes and the sender is on the first. The workloads are ``bench_hub.py``'s (sequential
 messages, then bursts), and the single node and the cluster take turns message by message
 and burst by burst, so a load from other processes weighs on both alike. Figures per round:
 deliveries per second, p50/p99 latency (send -> each member received), CPU time per
-delivery (the cluster's is its three nodes plus redis-server), and for the cluster the
+delivery (the cluster's is its three nodes plus redis-server; PostgreSQL has no part in
+routing a message, only in accounts, and is not counted), and for the cluster the
 Redis commands per delivery (``INFO commandstats``: EVALSHA calls, the round trips the
 nodes make, and every command including those the scripts run).
 
@@ -39,14 +42,24 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Final
 
-from _bench_ws import BenchError, RawClient, Tally, abort_all, encode_client_frame, open_clients
-from bench_hub import (
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from _bench_ws import (  # noqa: E402
+    BenchError,
+    RawClient,
+    Tally,
+    abort_all,
+    encode_client_frame,
+    open_clients,
+)
+from bench_hub import (  # noqa: E402
     GROUP,
     WARM_CONNECTIONS,
     WARM_MESSAGES,
@@ -62,6 +75,7 @@ from bench_hub import (
     raise_nofile,
     sequential,
 )
+from postgres import PostgresServer, postgres_server  # noqa: E402
 
 NODES: Final = 3
 FULL: Final = {"members": 1000, "messages": 200, "burst": 50, "bursts": 4, "repeat": 3}
@@ -138,6 +152,25 @@ class Redis:
             self.proc.wait(15)
 
 
+@contextlib.contextmanager
+def start_postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL on a loopback port (tests/postgres.py), removed after."""
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(postgres_server())
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            raise BenchError(f"PostgreSQL did not start: {exc}") from exc
+        yield server
+
+
+def postgres_version(server: PostgresServer) -> str:
+    import psycopg
+
+    with psycopg.connect(server.url()) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    return str(row[0]).split()[0] if row else "?"
+
+
 class Cluster:
     """Three hub nodes and their Redis, seen as one server by the measuring code."""
 
@@ -154,9 +187,10 @@ class Cluster:
         return all(node.alive() for node in self.nodes) and self.redis.alive()
 
 
-async def start_cluster(redis: Redis, state_dir: Path, max_outbound: int) -> list[Server]:
-    """Three nodes sharing ``state_dir`` and ``redis`` (the first makes the account)."""
-    extra = ("--backplane", redis.url, "--state-dir", str(state_dir))
+async def start_cluster(redis: Redis, database: str, max_outbound: int) -> list[Server]:
+    """Three nodes sharing ``redis`` and ``database`` (the first makes the account), each
+    with a state directory of its own."""
+    extra = ("--backplane", redis.url, "--database", database)
     first = await Server.start("hub", max_outbound, *extra)
     rest = [await Server.start("hub", max_outbound, *extra) for _ in range(NODES - 1)]
     return [first, *rest]
@@ -199,7 +233,7 @@ class RedisCost:
 
 
 async def bench_fanout(
-    args: argparse.Namespace, redis: Redis, tmp: Path
+    args: argparse.Namespace, redis: Redis, postgres: PostgresServer
 ) -> tuple[list[tuple[Round, Round]], RedisCost]:
     print(
         f"\nFan-out: {args.members:,} members of one group (on the cluster, spread over "
@@ -213,7 +247,7 @@ async def bench_fanout(
         single = await Server.start("hub", outbound)
         servers.append(single)
         sides.append(await setup_side("single", single, [single], args.members, args.content))
-        nodes = await start_cluster(redis, tmp / "cluster-fanout", outbound)
+        nodes = await start_cluster(redis, postgres.database(), outbound)
         servers += nodes
         cluster = Cluster(nodes, redis)
         sides.append(await setup_side("cluster", cluster, nodes, args.members, args.content))
@@ -268,14 +302,14 @@ async def idle_kb(nodes: list[Server], total: int) -> list[float]:
         abort_all(clients)
 
 
-async def bench_memory(total: int, redis: Redis, tmp: Path) -> MemoryFigures:
+async def bench_memory(total: int, redis: Redis, postgres: PostgresServer) -> MemoryFigures:
     single = await Server.start("hub", 1 << 20)
     try:
         [single_kb] = await idle_kb([single], total)
     finally:
         await single.stop()
     await redis.command("FLUSHALL")
-    nodes = await start_cluster(redis, tmp / "cluster-memory", 1 << 20)
+    nodes = await start_cluster(redis, postgres.database(), 1 << 20)
     try:
         used = int((await redis.info("memory"))["used_memory"])
         node_kb = await idle_kb(nodes, total)
@@ -366,18 +400,21 @@ async def run(args: argparse.Namespace) -> None:
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, Python {platform.python_version()}, "
         f"uvicorn {version('uvicorn')}, redis-py {version('redis')}, open files {nofile}"
     )
-    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp, start_postgres() as pg:
         redis = Redis(Path(tmp))
         try:
             await redis.ready()
-            print(f"redis-server {(await redis.info('server')).get('redis_version', '?')}")
+            print(
+                f"redis-server {(await redis.info('server')).get('redis_version', '?')}, "
+                f"PostgreSQL {postgres_version(pg)} (the cluster's records)"
+            )
             rounds, cost = ([], None)
             if args.only != "memory":
-                rounds, cost = await bench_fanout(args, redis, Path(tmp))
+                rounds, cost = await bench_fanout(args, redis, pg)
             memory = None
             if args.only != "fanout":
                 print(f"\nMemory: {args.conns:,} idle connections (cluster: spread over {NODES})")
-                memory = await bench_memory(args.conns, redis, Path(tmp))
+                memory = await bench_memory(args.conns, redis, pg)
             print_summary(rounds, cost, memory)
         finally:
             redis.stop()

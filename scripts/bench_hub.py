@@ -114,7 +114,13 @@ class UnderTest(Protocol):
 class HubUnderTest:
     """The hub, with one account whose token every client uses."""
 
-    def __init__(self, state_dir: Path, max_outbound: int, backplane: str = "memory") -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        max_outbound: int,
+        backplane: str = "memory",
+        database: str = "sqlite",
+    ) -> None:
         from agent.config import HubLimits, HubSettings, Settings
         from agent.hub.server import HubServer
 
@@ -126,14 +132,14 @@ class HubUnderTest:
             idle_timeout_seconds=3600.0,
             max_outbound_bytes=max_outbound,
         )
-        hub = HubSettings(host=HOST, port=0, limits=limits, backplane=backplane)
+        hub = HubSettings(host=HOST, port=0, limits=limits, backplane=backplane, database=database)
         self.hub = HubServer(Settings(name="bench", state_dir=state_dir, hub=hub))
         self.port, self.path = 0, ""
 
     async def start(self) -> None:
         """Start the hub and mint the clients' token."""
         await self.hub.start()
-        # Nodes of a cluster share the state directory: the first one makes the account.
+        # Nodes of a cluster share the database: the first one makes the account.
         accounts = self.hub.accounts
         account = accounts.get_by_name("bench") or accounts.add("bench", None, groups=[GROUP])
         self.port = self.hub.port
@@ -190,7 +196,12 @@ class BareUnderTest:
 
 
 def serve(
-    kind: str, max_outbound: int, *, backplane: str = "memory", state_dir: str | None = None
+    kind: str,
+    max_outbound: int,
+    *,
+    backplane: str = "memory",
+    database: str = "sqlite",
+    state_dir: str | None = None,
 ) -> int:
     """The subprocess: start the server, print its address, obey stdin until EOF."""
     # The benchmark drops its clients with a reset; writes already on their way to them
@@ -198,7 +209,11 @@ def serve(
     logging.getLogger("asyncio").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="bench-hub-") as own_dir:
         where = Path(state_dir or own_dir)
-        server = HubUnderTest(where, max_outbound, backplane) if kind == "hub" else BareUnderTest()
+        server = (
+            HubUnderTest(where, max_outbound, backplane, database)
+            if kind == "hub"
+            else BareUnderTest()
+        )
         asyncio.run(_serve(server))
     return 0
 
@@ -756,6 +771,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--max-outbound", type=int, default=1 << 20, help=argparse.SUPPRESS)
     parser.add_argument("--backplane", default="memory", help=argparse.SUPPRESS)
+    parser.add_argument("--database", default="sqlite", help=argparse.SUPPRESS)
     parser.add_argument("--state-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
@@ -824,7 +840,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve:
         return serve(
-            args.serve, args.max_outbound, backplane=args.backplane, state_dir=args.state_dir
+            args.serve,
+            args.max_outbound,
+            backplane=args.backplane,
+            database=args.database,
+            state_dir=args.state_dir,
         )
     started = time.monotonic()
     try:
