@@ -352,7 +352,7 @@ class Outbox:
         live = []
         for row in rows:
             if self._request(row) is None:
-                await self._remove(row, "expired", "older than its TTL")
+                await self._remove_many([], [], expired=[(row, "older than its TTL")])
             else:
                 live.append(row)
         if len(live) > 1 and self._deliver_batch is not None:
@@ -369,9 +369,9 @@ class Outbox:
         except Exception as exc:
             if not is_final_rejection(exc):
                 return row, exc
-            await self._remove(row, "rejected", f"refused by the hub: {_describe(exc)}")
+            await self._remove_many([], [(row, f"refused by the hub: {_describe(exc)}")])
             return None
-        await self._remove(row, None, "")
+        await self._remove_many([row], [])
         return None
 
     async def _send_batch(
@@ -424,14 +424,6 @@ class Outbox:
             async with asyncio.timeout(delay):
                 await self._kick.wait()
         return self._kick.is_set()
-
-    async def _remove(self, row: _Row, counter: str | None, why: str) -> None:
-        if counter is None:
-            await self._remove_many([row], [])
-        elif counter == "rejected":
-            await self._remove_many([], [(row, why)])
-        else:
-            await self._remove_many([], [], expired=[(row, why)])
 
     async def _remove_many(
         self,

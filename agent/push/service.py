@@ -258,12 +258,16 @@ class PushService:
 
         Raises:
             RealtimeError: INVALID_PARAMETER when ``bodies`` is not a list of 1 to
-                ``MAX_BATCH`` requests.
+                ``MAX_BATCH`` objects.
         """
-        if not isinstance(bodies, list) or not 0 < len(bodies) <= MAX_BATCH:
+        if (
+            not isinstance(bodies, list)
+            or not 0 < len(bodies) <= MAX_BATCH
+            or not all(isinstance(body, dict) for body in bodies)
+        ):
             raise RealtimeError(
                 Codes.INVALID_PARAMETER,
-                f'"alerts" must be a list of 1 to {MAX_BATCH} send requests.',
+                f'"alerts" must be a list of 1 to {MAX_BATCH} send requests (objects).',
             )
         return await self._accept(caller, bodies)
 

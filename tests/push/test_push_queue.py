@@ -296,7 +296,9 @@ async def test_a_batch_is_accepted_in_order_with_one_answer_per_alert(
     assert hub.push.metrics.deduplicated == 1
 
 
-@pytest.mark.parametrize("alerts", [[], None, "x", [{"title": "t", "body": ""}] * 101])
+@pytest.mark.parametrize(
+    "alerts", [[], None, "x", [{"title": "t", "body": ""}] * 101, [{"title": "t"}, [None]]]
+)
 async def test_a_batch_that_is_not_a_list_of_1_to_100_is_refused(
     hub: PushHub, alerts: object
 ) -> None:
