@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 from agent.errors import Codes, ConfigError, EdgeAgentError
 from agent.exposition import Exposition, labelled
-from agent.systemd import AgentStatus, HubLink, Notifier, StatusBoard, start_watchdog
+from agent.supervisor import Policy, Supervisor, closing
+from agent.systemd import (
+    AgentStatus,
+    HubLink,
+    Notifier,
+    StatusBoard,
+    run_watchdog,
+    watchdog_interval,
+)
 
 if TYPE_CHECKING:
     from agent.client import RealtimeClient
@@ -76,11 +84,18 @@ class Agent:
         self._reconnects = 0
         self._refusals: set[str] = set()  # hub refusals already logged (one line each)
         self._call_figures: list[CallFigures] = []
-        self._figures_task: asyncio.Task[None] | None = None
-        self._motion_task: asyncio.Task[None] | None = None
+        self._supervisor: Supervisor | None = None
+        self.failed_part: str | None = None  # a part whose failure stopped the agent
         self._stop = asyncio.Event()
         self._connected = asyncio.Event()
-        self._watchdog: asyncio.Task[None] | None = None
+
+    @property
+    def supervisor(self) -> Supervisor | None:
+        """The supervisor of the running agent's long-lived parts (``None`` when not running).
+
+        A program embedding the agent may add parts of its own to it.
+        """
+        return self._supervisor
 
     def request_stop(self) -> None:
         """Ask the agent to shut down (signal handlers call this)."""
@@ -91,18 +106,25 @@ class Agent:
         await self._connected.wait()
 
     async def run(self) -> None:
-        """Run until :meth:`request_stop`; always closes what it opened."""
-        try:
-            url, token = await self._hub_endpoint()
-            client = self._make_client(url, token)
-            await self._start_local_parts(client)
-            # READY=1 once local parts are up; the hub may be down and is retried.
-            self.notifier.ready(self.board.text)
-            self._watchdog = start_watchdog(self.notifier)
-            await self._connect(client)
-            await self._stop.wait()
-        finally:
-            await self._shutdown()
+        """Run until :meth:`request_stop` (or a part fails for good); always closes what it
+        opened, in reverse order, whatever fails on the way."""
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(self.notifier.close)  # last of all
+            supervisor = Supervisor(on_fatal=self._part_failed)
+            self._supervisor = supervisor
+            stack.push_async_callback(closing("supervised parts", supervisor.aclose))
+            try:
+                url, token = await self._hub_endpoint(stack)
+                client = self._make_client(url, token)
+                stack.push_async_callback(closing("hub connection", self._close_client))
+                await self._start_local_parts(client, stack)
+                # READY=1 once local parts are up; the hub may be down and is retried.
+                self.notifier.ready(self.board.text)
+                self._start_watchdog(supervisor)
+                await self._connect(client)
+                await self._stop.wait()
+            finally:
+                self.notifier.stopping("stopping")
 
     async def reload(self) -> None:
         """Re-read settings; join and leave groups that changed, keep everything else."""
@@ -133,18 +155,19 @@ class Agent:
 
     # -- hub connection --------------------------------------------------------------------
 
-    async def _hub_endpoint(self) -> tuple[str | list[str], str]:
+    async def _hub_endpoint(self, stack: contextlib.AsyncExitStack) -> tuple[str | list[str], str]:
         connect = self.settings.connect
         if connect.url is None:
-            return await self._start_embedded_hub()
+            return await self._start_embedded_hub(stack)
         token = _read_token(self.settings)
         return connect.urls, token
 
-    async def _start_embedded_hub(self) -> tuple[str, str]:
+    async def _start_embedded_hub(self, stack: contextlib.AsyncExitStack) -> tuple[str, str]:
         from agent.hub.accounts import Role
         from agent.hub.server import HubServer
 
         self.hub = HubServer(self.settings)
+        stack.push_async_callback(closing("embedded hub", self.hub.stop))  # safe if not started
         await self.hub.start()
         accounts, tokens = self.hub.accounts, self.hub.tokens
         device = await asyncio.to_thread(accounts.get_by_name, self.settings.name)
@@ -193,13 +216,19 @@ class Agent:
         self.client = RealtimeClient(url, token=token, rtc_factory=self.rtc_factory)
         return self.client
 
-    async def _start_local_parts(self, client: RealtimeClient) -> None:
+    async def _start_local_parts(
+        self, client: RealtimeClient, stack: contextlib.AsyncExitStack
+    ) -> None:
         """Calls, serial ports, rules, outbox, control socket and metrics: all local."""
+        stack.push_async_callback(closing("calls", self._stop_calls))
         self._start_calls(client)  # before connecting: an offer may be the first frame
+        stack.push_async_callback(closing("sensing", self._close_sensing))
         await self._start_sensing(client, self.settings)
+        stack.push_async_callback(closing("metrics", self._close_metrics))
         await self._start_metrics()
-        if self.desk is not None:
-            self._figures_task = asyncio.create_task(self._refresh_call_figures(self.desk))
+        if self.desk is not None and self._supervisor is not None:
+            desk = self.desk
+            self._supervisor.start("call figures", lambda: self._refresh_call_figures(desk))
         self._start_motion_watch()
 
     async def _start_sensing(self, client: RealtimeClient, settings: Settings) -> None:
@@ -348,12 +377,28 @@ class Agent:
 
     def _start_motion_watch(self) -> None:
         """Feed camera pictures to the motion rules, if any rule watches motion."""
-        if self._motion_task is not None:
-            self._motion_task.cancel()
-            self._motion_task = None
+        supervisor = self._supervisor
+        if supervisor is None:
+            return
+        supervisor.cancel("motion watch")
         analyzer = self.sensing.engine.motion_analyzer() if self.sensing else None
-        if analyzer is not None and self.media is not None:
-            self._motion_task = asyncio.create_task(_watch_motion(self.media, analyzer))
+        media = self.media
+        if analyzer is not None and media is not None:
+            supervisor.start("motion watch", lambda: _watch_motion(media, analyzer))
+
+    def _start_watchdog(self, supervisor: Supervisor) -> None:
+        """WATCHDOG=1 from the loop itself (sd_notify(3)), if systemd asked for it."""
+        interval = watchdog_interval()
+        if interval is not None and self.notifier.enabled:
+            # A watchdog that cannot ping must not go unnoticed: systemd would restart us.
+            supervisor.start(
+                "watchdog", lambda: run_watchdog(self.notifier, interval), policy=Policy.STOP
+            )
+
+    def _part_failed(self, name: str, _exc: BaseException) -> None:
+        log.error("%s failed for good; stopping the agent", name)
+        self.failed_part = name
+        self._stop.set()
 
     async def _refresh_call_figures(self, desk: CallDesk) -> None:
         """Keep per-call figures fresh for the (synchronous) metrics and status answers."""
@@ -409,28 +454,18 @@ class Agent:
             log.info("hub link %s -> %s", old.value, link.value)
             self.board.update(hub=link)
 
-    async def _shutdown(self) -> None:
-        self.notifier.stopping("stopping")
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
-        for task in (self._figures_task, self._motion_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if self.metrics is not None:
-            await self.metrics.close()
-        if self.sensing is not None:
-            await self.sensing.close()
-        await self._stop_calls()
+    async def _close_client(self) -> None:
         if self.client is not None:
             with contextlib.suppress(EdgeAgentError):
                 await self.client.close_realtime()
-        if self.hub is not None:
-            await self.hub.stop()
-        self.notifier.close()
+
+    async def _close_sensing(self) -> None:
+        if self.sensing is not None:
+            await self.sensing.close()
+
+    async def _close_metrics(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.close()
 
 
 def run_agent(settings: Settings, *, config_path: Path | None = None) -> int:
@@ -447,7 +482,8 @@ def run_agent(settings: Settings, *, config_path: Path | None = None) -> int:
     except EdgeAgentError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return 1
-    return 0
+    # A part that failed for good stopped the agent: exit 1 so that systemd restarts it.
+    return 1 if agent.failed_part is not None else 0
 
 
 async def _run_with_signals(agent: Agent) -> None:
