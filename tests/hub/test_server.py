@@ -98,7 +98,8 @@ async def test_stop_closes_connections_and_a_restart_gets_the_same_port(tmp_path
 async def test_run_hub_serves_until_sigterm_and_never_logs_tokens(tmp_path: Path) -> None:
     script = (
         "import logging, sys\n"
-        "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+        # DEBUG: the per-connection lines (dropped at INFO) are where a token could show.
+        "logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)\n"
         "from agent.config import load_settings\n"
         "from agent.hub.server import run_hub\n"
         f"sys.exit(run_hub(load_settings(state_dir={str(tmp_path)!r}, hub__port=0)))\n"
