@@ -32,6 +32,7 @@ __all__ = [
     "DependencyMismatchError",
     "check_asgi_send_hook",
     "check_certificate_hook",
+    "check_check_hooks",
     "check_gather_hooks",
     "check_pair_hooks",
     "check_sdp_hooks",
@@ -133,6 +134,22 @@ def check_gather_hooks() -> None:
         ),
         user=user,
     )
+
+
+def check_check_hooks() -> None:
+    """agent.rtc.checks gives aiortc's aioice ``Connection`` a subclass (by its class) that
+    triggers a check on an incoming one and prunes public-relay/private-address pairs."""
+    from aioice import Candidate, Connection, ice
+
+    user = "agent.rtc.checks"
+    _function("aioice", Connection, "check_incoming", ("message", "addr", "protocol"), user=user)
+    _function("aioice", Connection, "_pair_remote_candidate", ("remote_candidate",), user=user)
+    _function("aioice", Connection, "check_state", ("pair", "state"), user=user)
+    _sets("aioice", Connection, "_check_list", user=user)
+    _sets("aioice", ice.CandidatePair, "task", user=user)
+    _sets("aioice", Candidate, "_network_host", user=user)
+    for state in ("IN_PROGRESS", "WAITING"):
+        _has("aioice", ice.CandidatePair.State, state, user=user)
 
 
 def check_pair_hooks() -> None:

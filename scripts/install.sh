@@ -3,6 +3,8 @@
 #
 #   sudo scripts/install.sh              install or upgrade from this checkout, enable the agent
 #   sudo scripts/install.sh --hub        ... and enable the hub (edge-hub.service) too
+#   sudo scripts/install.sh --hub --turn --turn-listen 203.0.113.7 --turn-host turn.example.net
+#                                        ... and coturn, its secret shared with [hub.turn]
 #   sudo scripts/install.sh --uninstall  remove units and the virtual environment, keep
 #                                        settings and state (--purge removes those too)
 #   scripts/install.sh --root /tmp/img   install into a scratch root: no apt, no user
@@ -35,6 +37,10 @@ PYTHON=${PYTHON:-python3}
 ACTION=install
 PURGE=0
 WITH_HUB=0
+WITH_TURN=0
+TURN_LISTEN=()
+TURN_HOST=
+TURN_EXTERNAL=
 DO_APT=1
 DO_USER=1
 DO_PIP=1
@@ -50,6 +56,13 @@ usage: $0 [options]
   --source DIR     the edge-agent checkout to install (default: this script's checkout)
   --python PATH    interpreter for the virtual environment (default: python3)
   --hub            enable edge-hub.service as well as edge-agent.service
+  --turn           with --hub: install and enable coturn, sharing a generated secret
+                   with the hub's [hub.turn] (short-lived credentials for every call)
+  --turn-listen IP an address coturn listens and relays on (repeat for several)
+  --turn-host NAME the name or address callers reach coturn at (default: the first
+                   --turn-listen); it goes into the hub's TURN URLs
+  --turn-external-ip PUBLIC[/PRIVATE]
+                   coturn's public address when the host sits behind a 1:1 NAT
   --no-apt         do not install Debian packages
   --no-user        do not create the $SERVICE_USER user or touch groups
   --skip-pip       create the virtual environment but do not install the project
@@ -74,6 +87,10 @@ parse_args() {
             --source) SOURCE=${2:?--source needs a directory}; shift ;;
             --python) PYTHON=${2:?--python needs an interpreter}; shift ;;
             --hub) WITH_HUB=1 ;;
+            --turn) WITH_TURN=1 ;;
+            --turn-listen) TURN_LISTEN+=("${2:?--turn-listen needs an address}"); shift ;;
+            --turn-host) TURN_HOST=${2:?--turn-host needs a name}; shift ;;
+            --turn-external-ip) TURN_EXTERNAL=${2:?--turn-external-ip needs an address}; shift ;;
             --no-apt) DO_APT=0 ;;
             --no-user) DO_USER=0 ;;
             --skip-pip) DO_PIP=0 ;;
@@ -98,9 +115,28 @@ parse_args() {
         DO_USER=0
     fi
     [ "$PURGE" = 0 ] || [ "$ACTION" = uninstall ] || die "--purge goes with --uninstall"
+    check_turn_args
     case $PREFIX in
         /home/*|/root/*) say "warning: the units set ProtectHome=yes, so $PREFIX is hidden from them" ;;
     esac
+}
+
+check_turn_args() {
+    local address
+    if [ "$WITH_TURN" = 0 ]; then
+        [ ${#TURN_LISTEN[@]} -eq 0 ] && [ -z "$TURN_HOST$TURN_EXTERNAL" ] \
+            || die "--turn-listen, --turn-host and --turn-external-ip go with --turn"
+        return
+    fi
+    [ "$WITH_HUB" = 1 ] || die "--turn goes with --hub: the hub hands out its credentials"
+    [ ${#TURN_LISTEN[@]} -gt 0 ] \
+        || die "--turn needs --turn-listen ADDRESS: the interface addresses coturn serves on"
+    for address in "${TURN_LISTEN[@]}" ${TURN_EXTERNAL//\// }; do
+        [[ $address =~ ^[0-9A-Fa-f.:]+$ ]] || die "not an IP address: $address"
+    done
+    [[ ${TURN_HOST:-${TURN_LISTEN[0]}} =~ ^[A-Za-z0-9.:-]+$ ]] \
+        || die "not a host name or address: $TURN_HOST"
+    TURN_HOST=${TURN_HOST:-${TURN_LISTEN[0]}}
 }
 
 # Path inside the target root.
@@ -139,13 +175,14 @@ install_packages() {
         say "skipping apt; the system needs: ${APT_PACKAGES[*]}"
         return
     fi
-    local missing=() pkg
-    for pkg in "${APT_PACKAGES[@]}"; do
+    local missing=() pkg wanted=("${APT_PACKAGES[@]}")
+    [ "$WITH_TURN" = 0 ] || wanted+=(coturn)
+    for pkg in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
             || missing+=("$pkg")
     done
     if [ ${#missing[@]} -eq 0 ]; then
-        say "apt: all ${#APT_PACKAGES[@]} packages present"
+        say "apt: all ${#wanted[@]} packages present"
         return
     fi
     say "apt: installing ${missing[*]}"
@@ -289,7 +326,11 @@ log_level = "info"
 host = "127.0.0.1"
 port = 8080
 EOF
-    write_if_missing "$dir/hub.toml" 0640 <<'EOF'
+    hub_settings | write_if_missing "$dir/hub.toml" 0640
+}
+
+hub_settings() {
+    cat <<'EOF'
 # edge-hub settings (edge-hub.service, enabled with: sudo systemctl enable --now edge-hub).
 # Accounts and keys live in /var/lib/edge-hub (the unit's StateDirectory).
 
@@ -301,6 +342,146 @@ host = "127.0.0.1"
 port = 8080
 # public_url = "https://hub.example.net"
 EOF
+    [ "$WITH_TURN" = 0 ] || hub_turn_settings
+}
+
+# The hub's side of TURN: where callers reach coturn, and the secret both know.
+hub_turn_settings() {
+    cat <<EOF
+
+[[hub.ice_servers]]
+urls = ["stun:$(url_host "$TURN_HOST"):$TURN_PORT"]
+
+# Short-lived credentials for every call (coturn checks them with use-auth-secret).
+[hub.turn]
+urls = ["turn:$(url_host "$TURN_HOST"):$TURN_PORT?transport=udp", "turn:$(url_host "$TURN_HOST"):$TURN_PORT?transport=tcp"]
+secret_file = "$TURN_SECRET"
+ttl = "1h"
+EOF
+}
+
+url_host() { if [[ $1 == *:* ]]; then printf '[%s]' "$1"; else printf '%s' "$1"; fi; }
+
+# --- TURN (coturn) -----------------------------------------------------------------------
+
+readonly TURN_SECRET=/etc/edge-agent/turn-secret
+readonly TURN_CONF=/etc/turnserver-edge-agent.conf
+readonly TURN_DROPIN=/etc/systemd/system/coturn.service.d/edge-agent.conf
+readonly TURN_PORT=3478
+readonly TURN_RELAY_PORTS=49152-65535
+# Never relayed to: private, shared (carrier NAT), loopback, link-local and other special
+# ranges, so that the relay cannot reach into the host's own networks (coturn's own
+# security advice; RFC 8656 section 21.3).
+readonly TURN_DENIED=(
+    0.0.0.0-0.255.255.255 10.0.0.0-10.255.255.255 100.64.0.0-100.127.255.255
+    127.0.0.0-127.255.255.255 169.254.0.0-169.254.255.255 172.16.0.0-172.31.255.255
+    192.0.0.0-192.0.0.255 192.168.0.0-192.168.255.255 198.18.0.0-198.19.255.255
+    240.0.0.0-255.255.255.255 ::1 fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff
+    fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff
+)
+
+configure_turn() {
+    [ "$WITH_TURN" = 1 ] || return 0
+    local secret_path conf dropin secret
+    secret_path=$(in_root "$TURN_SECRET")
+    if [ ! -s "$secret_path" ]; then
+        (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$secret_path" && echo >>"$secret_path")
+        chmod 0600 "$secret_path"
+        [ "$DO_USER" = 0 ] || chown "$SERVICE_USER:$SERVICE_USER" "$secret_path"
+        say "made the TURN secret $secret_path (mode 0600)"
+    fi
+    secret=$(tr -d ' \n' <"$secret_path")
+    conf=$(in_root "$TURN_CONF")
+    [ -e "$conf" ] || TURN_CHANGED=1
+    turn_config "$secret" | write_if_missing_as "$conf" 0640 turnserver
+    dropin=$(in_root "$TURN_DROPIN")
+    mkdir -p "$(dirname "$dropin")"
+    if ! turn_dropin | cmp -s - "$dropin" 2>/dev/null; then
+        turn_dropin >"$dropin"
+        chmod 0644 "$dropin"
+        UNITS_CHANGED=1
+        TURN_CHANGED=1
+        say "installed $dropin"
+    fi
+    if ! grep -q '^\[hub\.turn\]' "$(in_root /etc/edge-agent/hub.toml)"; then
+        say "the existing hub.toml has no [hub.turn]; add these lines to it:"
+        hub_turn_settings | sed 's/^/    /'
+    fi
+    say "TURN: open ${TURN_PORT}/udp and ${TURN_PORT}/tcp (STUN and TURN) and" \
+        "${TURN_RELAY_PORTS}/udp (relayed media) to the internet on ${TURN_LISTEN[*]}"
+}
+
+turn_config() {
+    local address peers
+    cat <<EOF
+# coturn for the edge-agent hub, written by scripts/install.sh --turn (never overwritten).
+# The secret is shared with the hub ([hub.turn] secret_file in hub.toml, the file
+# $TURN_SECRET): change both together, then restart coturn and edge-hub.
+# Open to the internet: ${TURN_PORT}/udp, ${TURN_PORT}/tcp and ${TURN_RELAY_PORTS}/udp.
+listening-port=$TURN_PORT
+EOF
+    for address in "${TURN_LISTEN[@]}"; do
+        printf 'listening-ip=%s\nrelay-ip=%s\n' "$address" "$address"
+    done
+    [ -z "$TURN_EXTERNAL" ] || printf 'external-ip=%s\n' "$TURN_EXTERNAL"
+    cat <<EOF
+min-port=${TURN_RELAY_PORTS%-*}
+max-port=${TURN_RELAY_PORTS#*-}
+use-auth-secret
+static-auth-secret=$1
+realm=$TURN_HOST
+fingerprint
+no-cli
+no-tls
+no-dtls
+no-multicast-peers
+no-software-attribute
+syslog
+EOF
+    for peers in "${TURN_DENIED[@]}"; do printf 'denied-peer-ip=%s\n' "$peers"; done
+}
+
+# coturn is Debian's package: enabled where it is installed, left alone where it is not.
+enable_turn() {
+    [ "$WITH_TURN" = 1 ] || return 0
+    local unit=coturn.service
+    if [ ! -e "$(in_root /lib/systemd/system/$unit)" ] && [ ! -e "$(in_root /usr/lib/systemd/system/$unit)" ]; then
+        say "coturn is not installed in $(in_root /); install it, then: systemctl enable --now $unit"
+        return
+    fi
+    if [ "$DO_ENABLE" = 0 ] || ! command -v systemctl >/dev/null; then
+        say "not enabling coturn; later: systemctl enable --now $unit"
+    elif live_system; then
+        systemctl enable --quiet $unit
+        [ "$TURN_CHANGED" = 0 ] || systemctl try-restart $unit
+        say "enabled $unit; start with: systemctl start $unit"
+    else
+        systemctl --root="$ROOT" enable --quiet $unit
+        say "enabled $unit in $ROOT"
+    fi
+}
+
+turn_dropin() {
+    cat <<EOF
+# Written by scripts/install.sh --turn: coturn with the edge-agent hub's settings.
+[Service]
+ExecStart=
+ExecStart=/usr/bin/turnserver -c $TURN_CONF --pidfile=
+EOF
+}
+
+# write_if_missing, owned by root and readable by GROUP (when accounts are ours to touch).
+write_if_missing_as() {
+    local path=$1 mode=$2 group=$3
+    if [ -e "$path" ]; then
+        say "kept existing $path"
+        cat >/dev/null
+        return
+    fi
+    (umask 077 && cat >"$path")
+    chmod "$mode" "$path"
+    if [ "$DO_USER" = 1 ] && getent group "$group" >/dev/null; then chown "root:$group" "$path"; fi
+    say "wrote $path"
 }
 
 # The unit as shipped, with ExecStart pointing into this prefix.
@@ -354,13 +535,16 @@ enable_units() {
 do_install() {
     PROJECT_CHANGED=0
     UNITS_CHANGED=0
+    TURN_CHANGED=0
     install_packages
     create_user
     create_venv
     install_project
     write_settings
     install_units
+    configure_turn
     enable_units
+    enable_turn
     say "done: settings in $(in_root /etc/edge-agent), logs with: journalctl -u edge-agent"
 }
 
@@ -382,6 +566,12 @@ do_uninstall() {
             say "removed $dir/$unit"
         fi
     done
+    if [ -e "$(in_root "$TURN_DROPIN")" ]; then
+        # The packaged coturn goes back to its own settings (and stays as enabled as it was).
+        rm -f "$(in_root "$TURN_DROPIN")"
+        rmdir "$(dirname "$(in_root "$TURN_DROPIN")")" 2>/dev/null || true
+        say "removed $(in_root "$TURN_DROPIN")"
+    fi
     ! live_system || systemctl daemon-reload
     prefix=$(in_root "$PREFIX")
     if [ -d "$prefix" ]; then
@@ -395,7 +585,8 @@ do_uninstall() {
         say "kept settings in $(in_root /etc/edge-agent) and state in $(in_root /var/lib) (--purge removes them)"
         return
     fi
-    rm -rf "$(in_root /etc/edge-agent)" "$(in_root /var/lib/edge-agent)" "$(in_root /var/lib/edge-hub)"
+    rm -rf "$(in_root /etc/edge-agent)" "$(in_root /var/lib/edge-agent)" "$(in_root /var/lib/edge-hub)" \
+        "$(in_root "$TURN_CONF")"
     say "removed settings and state"
     if [ "$DO_USER" = 1 ] && id "$SERVICE_USER" >/dev/null 2>&1; then
         userdel "$SERVICE_USER"

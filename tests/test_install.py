@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
+import secrets
 import shutil
 import stat
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from agent.config import load_settings
+from agent.hub.turn import load_turn_secret, mint_credential
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 INSTALL = CHECKOUT / "scripts" / "install.sh"
@@ -207,6 +213,10 @@ def test_uninstall_leaves_a_prefix_it_did_not_make(tmp_path: Path) -> None:
         (["--prefix", "opt/x"], "--prefix must be absolute"),
         (["--purge"], "--purge goes with --uninstall"),
         (["--frobnicate"], "unknown option: --frobnicate"),
+        (["--turn", "--turn-listen", "192.0.2.10"], "--turn goes with --hub"),
+        (["--hub", "--turn"], "--turn needs --turn-listen ADDRESS"),
+        (["--hub", "--turn", "--turn-listen", "eth0"], "not an IP address: eth0"),
+        (["--turn-listen", "192.0.2.10"], "go with --turn"),
     ],
 )
 def test_bad_options_are_named(tmp_path: Path, args: list[str], message: str) -> None:
@@ -260,3 +270,120 @@ def test_64_bit_raspberry_pi_os_installs_and_32_bit_may_uninstall(tmp_path: Path
     assert (root / "etc/edge-agent/agent.toml").exists()
     install(root, "--uninstall", env=machine(tmp_path / "armhf", "armv7l", "32"))
     assert not (root / "etc/systemd/system/edge-agent.service").exists()
+
+
+TURN_ARGS = ("--hub", "--turn", "--turn-listen", "192.0.2.10", "--turn-host", "turn.example.net")
+
+
+def test_hub_with_turn_shares_one_generated_secret_with_coturn(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    first = install(root, "--no-venv", *TURN_ARGS)
+    secret_file = root / "etc/edge-agent/turn-secret"
+    assert mode(secret_file) == 0o600
+    secret = secret_file.read_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", secret)
+    assert secret not in first.stdout + first.stderr
+    conf_file = root / "etc/turnserver-edge-agent.conf"
+    assert mode(conf_file) == 0o640
+    conf = conf_file.read_text().splitlines()
+    assert f"static-auth-secret={secret}" in conf
+    for line in ("use-auth-secret", "listening-ip=192.0.2.10", "relay-ip=192.0.2.10", "no-cli"):
+        assert line in conf
+    assert "denied-peer-ip=10.0.0.0-10.255.255.255" in conf
+    assert "denied-peer-ip=100.64.0.0-100.127.255.255" in conf
+    dropin = (root / "etc/systemd/system/coturn.service.d/edge-agent.conf").read_text()
+    assert "ExecStart=\nExecStart=/usr/bin/turnserver -c /etc/turnserver-edge-agent.conf" in dropin
+    # The hub reads the same secret and hands out URLs for the host callers reach.
+    settings = load_settings(root / "etc/edge-agent/hub.toml")
+    turn = settings.hub.turn
+    assert turn is not None
+    assert turn.urls == [
+        "turn:turn.example.net:3478?transport=udp",
+        "turn:turn.example.net:3478?transport=tcp",
+    ]
+    assert turn.secret_file == Path("/etc/edge-agent/turn-secret")
+    in_root = turn.model_copy(update={"secret_file": secret_file})
+    assert load_turn_secret(in_root) == secret.encode()
+    assert settings.hub.ice_servers[0].urls == ["stun:turn.example.net:3478"]
+    # The ports to open are named.
+    assert "3478/udp and 3478/tcp" in first.stdout
+    assert "49152-65535/udp" in first.stdout
+    # Again: nothing changes, the secret included.
+    before = tree(root)
+    install(root, "--no-venv", *TURN_ARGS)
+    assert tree(root) == before
+    install(root, "--uninstall", "--purge")
+    assert not conf_file.exists()
+    assert not (root / "etc/systemd/system/coturn.service.d").exists()
+
+
+def test_an_existing_hub_toml_is_kept_and_told_what_to_add(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    install(root, "--no-venv", "--hub")
+    hub_toml = root / "etc/edge-agent/hub.toml"
+    kept = hub_toml.read_bytes()
+    result = install(root, "--no-venv", *TURN_ARGS)
+    assert hub_toml.read_bytes() == kept
+    assert "has no [hub.turn]; add these lines to it:" in result.stdout
+    assert 'secret_file = "/etc/edge-agent/turn-secret"' in result.stdout
+
+
+def test_coturn_with_the_installed_settings_accepts_the_hubs_credentials(
+    tmp_path: Path,
+) -> None:
+    """The generated coturn settings, run by coturn in a namespace made for this test."""
+    root = tmp_path / "root"
+    install(root, "--no-venv", *TURN_ARGS)
+    settings = load_settings(root / "etc/edge-agent/hub.toml")
+    assert settings.hub.turn is not None
+    turn = settings.hub.turn.model_copy(update={"secret_file": root / "etc/edge-agent/turn-secret"})
+    secret = load_turn_secret(turn)
+    fresh = mint_credential(secret, "probe", now=time.time(), ttl=600)
+    forged = mint_credential(secrets.token_bytes(16), "probe", now=time.time(), ttl=600)
+    namespace = f"ea-install-{os.getpid()}-{secrets.token_hex(3)}"
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    coturn = None
+    try:
+        inside = ["ip", "netns", "exec", namespace]
+        subprocess.run(["ip", "-n", namespace, "link", "set", "lo", "up"], check=True)
+        address = ["ip", "-n", namespace, "addr", "add", "192.0.2.10/32", "dev", "lo"]
+        subprocess.run(address, check=True)
+        # It logs to syslog as configured; the probe's STUN retransmissions wait for it.
+        coturn = subprocess.Popen(
+            [*inside, "turnserver", "-c", str(root / "etc/turnserver-edge-agent.conf"),
+             "--pidfile=", f"--db={tmp_path / 'turndb'}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        probe = subprocess.run(
+            [*inside, sys.executable, "-c", _ALLOCATE, json.dumps([fresh.username,
+             fresh.credential, forged.username, forged.credential])],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert probe.returncode == 0, probe.stderr
+        assert json.loads(probe.stdout) == ["allocated", 401]
+    finally:
+        if coturn is not None:
+            coturn.terminate()
+            coturn.wait(timeout=10)
+        subprocess.run(["ip", "netns", "delete", namespace], check=False)
+
+
+# A TURN allocation with each (username, credential): "allocated", or the error code.
+_ALLOCATE = """
+import asyncio, json, sys
+from aioice import stun, turn
+from aioice.ice import StunProtocol
+async def allocate(username, credential):
+    try:
+        transport, _ = await turn.create_turn_endpoint(
+            lambda: StunProtocol(None), server_addr=("192.0.2.10", 3478),
+            username=username, password=credential)
+    except stun.TransactionFailed as exc:
+        return exc.response.attributes["ERROR-CODE"][0]
+    transport.close()
+    return "allocated"
+async def main():
+    a, b, c, d = json.loads(sys.argv[1])
+    print(json.dumps([await allocate(a, b), await allocate(c, d)]))
+asyncio.run(main())
+"""

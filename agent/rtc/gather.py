@@ -36,6 +36,7 @@ from aiortc import RTCPeerConnection
 from aiortc.rtcicetransport import RTCIceCandidate, RTCIceGatherer, parse_stun_turn_uri
 
 from agent.compat import check_gather_hooks
+from agent.rtc.checks import adopt
 from agent.rtc.ice import IceServer
 
 __all__ = ["GatherPlan", "TurnServer", "gather", "gather_plan", "local_candidates"]
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 SERVER_TIMEOUT: Final = 5.0
 # After the first relay, the other servers get this long: a transport that is blocked
 # (UDP on many corporate and some mobile networks) would only time out.
-RELAY_GRACE: Final = 0.5
+RELAY_GRACE: Final = 0.3
 MAX_RELAYS: Final = 4
 # RFC 8445 section 5.1.2.1: local preference orders candidates of one type; a relay
 # reached over UDP is preferred, then TCP, then TLS (what browsers do too).
@@ -139,6 +140,7 @@ async def _gather(gatherer: RTCIceGatherer, plan: GatherPlan, addresses: Sequenc
     connection: Connection = gatherer._connection
     if connection._local_candidates_start:
         return
+    adopt(connection)  # RFC 8445 triggered checks: agent/rtc/checks.py
     connection._local_candidates_start = True
     for component in sorted(connection._components):
         hosts = [] if plan.relay_only else await _hosts(connection, component, addresses)

@@ -9,6 +9,9 @@ Modes:
   video, audio and a ``control`` channel;
 * ``balanced [ICE_JSON]``: a raw aiortc peer with the W3C default bundle policy,
   signalling by hand (a browser page or another library calling the device);
+* ``bench COUNT [ICE_JSON]``: COUNT calls one after the other (video only), each timed
+  from ``connect_rtc`` to its first video frame, with the route it took (for
+  scripts/bench_relay.py);
 * ``allocate CREDENTIALS_JSON``: TURN allocations with the given ``[{label, username,
   credential}]`` (the hub's answer is the first), each reported as allocated or refused.
 
@@ -208,6 +211,48 @@ async def call_balanced(url: str, token: str, ice: list[dict[str, Any]] | None) 
     report("done")
 
 
+async def bench(url: str, token: str, count: int, ice: list[dict[str, Any]] | None) -> None:
+    """``count`` calls in a row: milliseconds from connect_rtc to the first video frame."""
+    client, cid = await connect(url, token)
+    timings: list[float | None] = []
+    routes: list[str | None] = []
+    for _ in range(count):
+        media = Media()
+
+        def on_event(event: dict[str, Any], media: Media = media) -> None:
+            if event["type"] == "track":
+                media.track(event["track"])
+
+        started = time.perf_counter()
+        connector = await client.connect_rtc(
+            cid=cid, ice=ice, media={"video": False}, callback=on_event
+        )
+        connection = await asyncio.wait_for(connector.connection, UP_WAIT)
+        try:
+            first = await asyncio.wait_for(media.first_video, UP_WAIT)
+            timings.append((first - started) * 1000)
+        except TimeoutError:
+            timings.append(None)
+        figures = await measure(
+            connection.target, cid=cid, started=started, ice_connected=None,
+            first_frame=None, previous=None, previous_at=None,
+        )  # fmt: skip
+        routes.append(
+            f"{figures.local_candidate_type}/{figures.remote_candidate_type}"
+            + (f" ({figures.relay_protocol})" if figures.relay_protocol else "")
+        )
+        await connection.hangup()
+        for task in media.tasks:
+            task.cancel()
+        # A second apart: a viewer joining within the media hub's key-frame interval (0.5 s)
+        # of another would wait for the next key frame, which is not what this measures.
+        await asyncio.sleep(1.0)
+    report("call", ms=timings, routes=routes)
+    await wait_for_hangup()
+    await client.close_realtime()
+    report("done")
+
+
 async def allocate(url: str, token: str, credentials: list[dict[str, str]]) -> None:
     """One TURN allocation (UDP) per credential: allocated or refused with its error code."""
     client, _cid = await connect(url, token)
@@ -245,7 +290,9 @@ async def wait_for_hangup() -> None:
 async def main() -> None:
     url, token, mode, *rest = sys.argv[1:]
     ice = json.loads(rest[0]) if rest and mode in ("hub", "balanced") else None
-    if mode == "hub":
+    if mode == "bench":
+        await bench(url, token, int(rest[0]), json.loads(rest[1]) if len(rest) > 1 else None)
+    elif mode == "hub":
         await call_with_client(url, token, ice)
     elif mode == "balanced":
         await call_balanced(url, token, ice)

@@ -63,6 +63,10 @@ class NatLab:
 
     tag: str = field(default_factory=lambda: f"{os.getpid()}-{secrets.token_hex(3)}")
     created: list[str] = field(default_factory=list)
+    # Each end host's uplink (interface, gateway); the viewer's changes when it moves.
+    uplinks: dict[str, tuple[str, str]] = field(
+        default_factory=lambda: {"dev": ("eth0", "10.0.1.1"), "view": ("eth0", "100.64.0.1")}
+    )
 
     def name(self, role: str) -> str:
         """The namespace of ``role`` (pub, home, dev, carrier, view)."""
@@ -141,14 +145,15 @@ class NatLab:
         self.ip("view", "addr", "flush", "dev", "eth0")
         self.ip("view", "link", "set", "eth0", "down")
         self.ip("view", "route", "replace", "default", "via", "100.64.1.1", "dev", "eth1")
+        self.uplinks["view"] = ("eth1", "100.64.1.1")
         return VIEWER_IP_2
 
     def link(self, role: str, up: bool) -> None:
-        """Take ``role``'s uplink (``eth0``) down or up."""
-        self.ip(role, "link", "set", "eth0", "up" if up else "down")
+        """Take ``role``'s uplink (dev, view) down or up."""
+        interface, gateway = self.uplinks[role]
+        self.ip(role, "link", "set", interface, "up" if up else "down")
         if up:
-            gateway = "10.0.1.1" if role == "dev" else "100.64.0.1"
-            self.ip(role, "route", "replace", "default", "via", gateway)
+            self.ip(role, "route", "replace", "default", "via", gateway, "dev", interface)
 
     def _wire(self, left: tuple[str, str, str], right: tuple[str, str, str]) -> None:
         """A veth pair between two namespaces: (role, interface, address/prefix) each."""

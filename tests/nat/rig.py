@@ -253,18 +253,20 @@ class DeviceProcess(LoggedProcess):
     async def run(self, token: str, **settings: str) -> None:
         """Start it (``settings``: more EDGE_AGENT_* variables) and wait for its hub link."""
         env = _clean_env(
-            EDGE_AGENT_STATE_DIR=str(self.state),
-            EDGE_AGENT_NAME="porch",
-            EDGE_AGENT_CONNECT__URL=f"ws://{SERVER_IP}:{HUB_PORT}/ws",
-            EDGE_AGENT_CONNECT__TOKEN=token,
-            EDGE_AGENT_VIDEO__WIDTH="320",
-            EDGE_AGENT_VIDEO__HEIGHT="240",
-            EDGE_AGENT_VIDEO__FPS="15",
-            EDGE_AGENT_AUDIO__SINK="file",
-            EDGE_AGENT_AUDIO__FILE=str(self.talkback),
-            EDGE_AGENT_CALLS__MDNS="false",
-            EDGE_AGENT_LOG_LEVEL="info",
-            **settings,
+            **{
+                "EDGE_AGENT_LOG_LEVEL": "info",
+                **settings,
+                "EDGE_AGENT_STATE_DIR": str(self.state),
+                "EDGE_AGENT_NAME": "porch",
+                "EDGE_AGENT_CONNECT__URL": f"ws://{SERVER_IP}:{HUB_PORT}/ws",
+                "EDGE_AGENT_CONNECT__TOKEN": token,
+                "EDGE_AGENT_VIDEO__WIDTH": "320",
+                "EDGE_AGENT_VIDEO__HEIGHT": "240",
+                "EDGE_AGENT_VIDEO__FPS": "15",
+                "EDGE_AGENT_AUDIO__SINK": "file",
+                "EDGE_AGENT_AUDIO__FILE": str(self.talkback),
+                "EDGE_AGENT_CALLS__MDNS": "false",
+            }
         )
         command = [sys.executable, "-m", "agent.cli", "run"]
         await self.start([*self.lab.prefix("dev"), *command], env=env)
@@ -297,16 +299,17 @@ class DeviceProcess(LoggedProcess):
 
 
 class Caller(LoggedProcess):
-    """``tests/nat/caller.py`` in the viewer's namespace: one Python call, as JSON lines."""
+    """``tests/nat/caller.py`` in the viewer's namespace (or ``role``'s): JSON lines."""
 
-    def __init__(self, lab: NatLab, directory: Path, tag: str) -> None:
+    def __init__(self, lab: NatLab, directory: Path, tag: str, *, role: str = "view") -> None:
         super().__init__(f"caller {tag}", directory / f"caller-{tag}.log")
         self.lab = lab
+        self.role = role
 
     async def call(self, token: str, mode: str, *args: str) -> dict[str, Any]:
         """Start a call in ``mode`` and return its first report (the call is kept up)."""
         command = [sys.executable, str(CALLER), HUB_URL, token, mode, *args]
-        await self.start([*self.lab.prefix("view"), *command], env=_clean_env())
+        await self.start([*self.lab.prefix(self.role), *command], env=_clean_env())
         return await self.report("call")
 
     async def report(self, kind: str, *, seconds: float = 60.0) -> dict[str, Any]:

@@ -436,7 +436,7 @@ async function resumeCall(old) {
   const cameBack = () => {
     resume.stopped = true;
     resume.recovered = 'by itself';
-    resume.next?.abort('replaced', '');
+    resume.next?.retire();
   };
   old.addEventListener('resumed', cameBack, { once: true });
   while (!resume.stopped && performance.now() - resume.startedAt < RESUME_FOR_MS) {

@@ -105,6 +105,7 @@ export class Call extends EventTarget {
     await pc.setLocalDescription(offer);
     if (this.ended) return;
     this.metrics.offerAt = performance.now();
+    this.link = this.realtime.generation; // the device answers over this socket only
     if (!this.realtime.rtc(this.cid, { sdpoffer: { type: offer.type, sdp: offer.sdp } })) {
       this._end('error', 'Not connected to the hub: the call could not be placed.');
       return;
@@ -142,6 +143,9 @@ export class Call extends EventTarget {
   // A `rtc` content from the device's connection.
   handleSignal(content) {
     if (!content || typeof content !== 'object' || this.ended) return;
+    // Handled as it arrives, so the open socket is the one it came over: a call sent over
+    // another socket (replaced after a network change) is not what it is about.
+    if (this.link !== undefined && this.link !== this.realtime.generation) return;
     if (content.hungup) {
       const before = this.state !== CallState.CONNECTED;
       this._end('remote', before ? `${this.device.name} did not take the call.` : `${this.device.name} hung up.`);
@@ -163,11 +167,15 @@ export class Call extends EventTarget {
     this._end(reason, message);
   }
 
-  // Replaced by a new call to the same device: end quietly. No `hungup`: the new call
-  // went out over a new hub socket, and the device knows calls by the caller's socket,
-  // so a hangup sent now would end the new call; the device lets the old one go when its
-  // ICE consent checks stop being answered (RFC 7675).
+  // End quietly (replaced by another call, or no longer needed). The device is told only
+  // if this call went out over the hub socket open now: it knows calls by the caller's
+  // socket, so a hangup about an older one would reach a newer call instead. An older
+  // call's device lets it go when its ICE consent checks stop being answered (RFC 7675).
   retire() {
+    if (this.ended) return;
+    if (this.link !== undefined && this.link === this.realtime.generation) {
+      this.realtime.rtc(this.cid, { hungup: this.selfId });
+    }
     this._end('replaced', '');
   }
 

@@ -50,6 +50,9 @@ export class Realtime extends EventTarget {
     this._timer = null;
     this._keepAlive = null;
     this._wanted = false;
+    // Which socket this is: the hub knows this side by its socket's connection, so what
+    // was sent over an older one (a call's offer) is answered there, never on this one.
+    this.generation = 0;
   }
 
   connect() {
@@ -144,6 +147,7 @@ export class Realtime extends EventTarget {
     this.ws = ws;
     ws.onopen = () => {
       opened = true;
+      this.generation += 1;
       this.attempt = 0;
       this._setState(LinkState.OPEN);
       this._startKeepAlive();
