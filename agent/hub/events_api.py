@@ -12,8 +12,9 @@ Who sees what follows the grants (:mod:`agent.hub.access`):
   and nothing says they exist. An event posted to several groups is listed once, with the
   caller's groups among them.
 - ``/api/devices/overview`` has a tile for each device account that shares a granted group
-  with the caller: online or not and since when, its last event and last snapshot in the
-  caller's groups, and its latest telemetry sent to one of them.
+  with the caller: online or not and since when (with its connection ids, to call it, and
+  the caller's groups it is in), its last event and last snapshot in the caller's groups,
+  and its latest telemetry sent to one of them.
 - ``/api/telemetry`` is the last ten minutes of a device's telemetry sent to the caller's
   groups; a device the caller shares no group with is answered 404, as a missing one.
 
@@ -39,6 +40,7 @@ from agent.hub.access import Access
 from agent.hub.accounts import Account, Role
 from agent.hub.history import EventQuery, EventRecord, parse_cursor
 from agent.hub.recorder import TELEMETRY_WINDOW, HistoryRecorder
+from agent.protocol import CID_PREFIX
 
 if TYPE_CHECKING:
     from agent.hub.app import HubServices
@@ -125,6 +127,8 @@ class DeviceTile(BaseModel):
     name: str
     online: bool
     since: float | None = Field(description="Unix time it came or went; null if not known.")
+    connection_ids: list[str] = Field(description="Its connections (``cid:...``), to call.")
+    groups: list[str] = Field(description="The caller's groups it is in now.")
     last_event: EventItem | None
     snapshot: SnapshotItem | None
     telemetry: TelemetryPointItem | None
@@ -300,7 +304,12 @@ async def _tile(
     groups: tuple[str, ...] | None,
     device: Account,
 ) -> DeviceTile:
-    online = bool(await services.backplane.user_connections(device.user_id))
+    backplane = services.backplane
+    scids = await backplane.user_connections(device.user_id)
+    online = bool(scids)
+    joined: dict[str, None] = {}  # ordered set
+    for scid in scids:
+        joined.update(dict.fromkeys(await backplane.groups_of(scid)))
     presence = recorder.presence(device.user_id)
     since = presence.since if presence is not None and presence.online == online else None
     last, pictured = await asyncio.to_thread(_latest, recorder, groups, device.name)
@@ -310,6 +319,8 @@ async def _tile(
         name=device.name,
         online=online,
         since=since,
+        connection_ids=[CID_PREFIX + scid for scid in scids],
+        groups=access.visible_groups(joined),
         last_event=_item(last) if last is not None else None,
         snapshot=(
             SnapshotItem(url=pictured.snapshot, time=pictured.time, event=pictured.name)

@@ -202,6 +202,7 @@ class AgentProcess:
         *,
         env: dict[str, str] | None = None,
         netns: NetNamespace | None = None,
+        config: str | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.netns = netns
@@ -221,6 +222,10 @@ class AgentProcess:
             **(env or {}),
         }
         self.env.pop("EDGE_AGENT_CONFIG", None)
+        if config is not None:  # a settings file: serial ports, rules, telemetry
+            state_dir.mkdir(parents=True, exist_ok=True)
+            (state_dir / "agent.toml").write_text(config)
+            self.env["EDGE_AGENT_CONFIG"] = str(state_dir / "agent.toml")
         self.url = ""
         self.admin_password = ""
         self._process: asyncio.subprocess.Process | None = None
@@ -258,21 +263,32 @@ class AgentProcess:
                 return match.group(1).rstrip("/")
         raise RuntimeError(f"it exited with {await self._process.wait()}")
 
-    async def add_user(self, name: str, password: str, *, role: str = "user") -> None:
-        """An account on the embedded hub (``edge-agent user add``)."""
-        args = ("add", name, "--role", role, "--password-stdin")
+    async def add_user(
+        self, name: str, password: str, *, role: str = "user", groups: str | None = None
+    ) -> None:
+        """An account on the embedded hub (``edge-agent user add``), granted ``groups``."""
+        args: tuple[str, ...] = ("add", name, "--role", role, "--password-stdin")
+        if groups is not None:
+            args = (*args, "--groups", groups)
         await self._user_command(*args, stdin=password.encode() + b"\n")
 
     async def remove_user(self, name: str) -> None:
         """Delete an account of the embedded hub (``edge-agent user remove``)."""
         await self._user_command("remove", name)
 
+    async def trigger(self, rule: str) -> None:
+        """Fire a manual ``[[events]]`` rule (``edge-agent trigger``); its posts are in the
+        agent's post queue when this returns, on their way to the hub."""
+        await self._cli("trigger", rule)
+
     async def _user_command(self, *args: str, stdin: bytes = b"") -> None:
+        await self._cli("user", *args, stdin=stdin)
+
+    async def _cli(self, *args: str, stdin: bytes = b"") -> None:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "agent.cli",
-            "user",
             *args,
             cwd=ROOT,
             env=self.env,
@@ -282,7 +298,7 @@ class AgentProcess:
         )
         output, _ = await process.communicate(stdin)
         if process.returncode != 0:
-            raise RuntimeError(f"edge-agent user {' '.join(args)} failed: {output.decode()}")
+            raise RuntimeError(f"edge-agent {' '.join(args)} failed: {output.decode()}")
 
     def talkback(self) -> tuple[int, int]:
         """(samples, non-silent samples) the talk-back sink got so far."""

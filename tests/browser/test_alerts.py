@@ -83,7 +83,13 @@ async def test_an_alert_opens_the_viewer_on_the_device_ready_to_call(
         {
             "title": "Doorbell",
             "body": "Someone is at the door.",
-            "data": {"device": DEVICE, "call": True, "url": f"/?device={DEVICE}&call=1"},
+            "data": {
+                "device": DEVICE,
+                "call": True,
+                "url": f"/?device={DEVICE}&call=1",
+                "event": None,
+                "time": None,
+            },
             "tag": f"device:{DEVICE}",
             "actions": ["call"],
         }
@@ -102,7 +108,7 @@ async def test_enabling_alerts_tells_why_it_cannot(
 ) -> None:
     await context.grant_permissions(["notifications"], origin=agent.url)
     await viewer.login("admin", agent.admin_password)
-    await viewer.page.click(".settings summary")
+    await viewer.page.click("#tab-settings")
     await viewer.page.click("#alerts-on")
     await viewer.wait_until("window.viewer.errors.length > 0")
     [error] = await viewer.js("window.viewer.errors")
@@ -152,7 +158,7 @@ async def test_the_viewer_subscribes_and_unsubscribes_on_the_hub(
 
 async def test_blocked_notifications_are_explained(viewer: Viewer, agent: AgentProcess) -> None:
     await viewer.login("admin", agent.admin_password)
-    await viewer.page.click(".settings summary")
+    await viewer.page.click("#tab-settings")
     await viewer.page.click("#alerts-on")
     await viewer.wait_until("window.viewer.errors.length > 0")
     [error] = await viewer.js("window.viewer.errors")

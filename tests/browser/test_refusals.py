@@ -42,7 +42,7 @@ async def _refused(viewer: Viewer) -> str:
 
 
 async def test_a_caller_who_may_not_call_is_told_so(viewer: Viewer, agent: AgentProcess) -> None:
-    await agent.add_user("guest", "guest-password")
+    await agent.add_user("guest", "guest-password", groups="devices")  # sees it, may not call
     await viewer.login("guest", "guest-password")
     await viewer.device_button().wait_for()
     assert await _refused(viewer) == f'You are not allowed to call "{DEVICE}".'

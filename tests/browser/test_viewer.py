@@ -89,18 +89,24 @@ async def test_remember_me_keeps_the_login_across_tabs(viewer: Viewer, agent: Ag
 async def test_the_device_list_follows_devices_coming_and_going(
     viewer: Viewer, agent: AgentProcess
 ) -> None:
-    await agent.add_user("porch", "porch-password", role="device")
+    await agent.add_user("porch", "porch-password", role="device", groups="devices")
     await _logged_in(viewer, agent)
     async with httpx.AsyncClient(base_url=agent.url, timeout=WAIT) as http:
         login = (
             await http.post("/api/login", json={"name": "porch", "password": "porch-password"})
         ).json()
     ws_url = agent.url.replace("http://", "ws://") + f"/ws?token={login['token']}"
+    porch_tile = "document.querySelector('.tile[data-name=\"porch\"]').dataset.online"
     async with connect(ws_url) as porch:
         await porch.send(json.dumps({"action": "joinRoom", "rid": "devices"}))
         await viewer.device_button("porch").wait_for()  # listed on the join notice
-    await viewer.device_button("porch").wait_for(state="detached")
-    assert await viewer.device_button(DEVICE).is_visible()
+        await viewer.wait_until(f"{porch_tile} === 'true'")
+        assert await viewer.device_button("porch").is_enabled()
+    await viewer.wait_until(f"{porch_tile} === 'false'")  # it stays, offline since now
+    assert await viewer.device_button("porch").is_disabled()
+    presence = viewer.page.locator('.tile[data-name="porch"] .presence')
+    assert (await presence.text_content() or "").startswith("Offline since ")
+    assert await viewer.device_button(DEVICE).is_enabled()
 
 
 async def test_call_plays_video_and_shows_stats(viewer: Viewer, agent: AgentProcess) -> None:
@@ -160,6 +166,11 @@ async def test_control_status_and_snapshot(viewer: Viewer, agent: AgentProcess) 
     )
     assert size == [320, 240]
     await viewer.page.click("#cmd-status")
+    # The status is a card; the raw answer is behind "Details".
+    card = viewer.page.locator("#status-list")
+    await viewer.wait_until("document.getElementById('status-list').textContent.includes('Up for')")
+    assert "1 of 4" in (await card.text_content() or "")
+    await viewer.page.click("#status-details summary")
     out = viewer.page.locator("#control-out")
     await out.wait_for()
     status = json.loads(await out.text_content() or "{}")
@@ -180,7 +191,6 @@ async def test_hang_up_frees_the_device(viewer: Viewer, agent: AgentProcess) -> 
     await viewer.call()
     await viewer.wait_until("!document.getElementById('cmd-status').disabled")
     await viewer.page.click("#cmd-status")
-    await viewer.page.locator("#control-out").wait_for()
     await viewer.wait_until("document.getElementById('control-out').textContent.includes('active')")
     status = json.loads(await viewer.page.locator("#control-out").text_content() or "{}")
     assert status["calls"]["active"] == 1

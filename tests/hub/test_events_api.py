@@ -216,6 +216,10 @@ async def test_tiles_show_presence_last_event_picture_and_telemetry(hub: Hub) ->
     [tile] = overview["devices"]
     assert tile["name"] == "porch"
     assert tile["online"] is True
+    assert tile["groups"] == ["home"]
+    assert tile["connection_ids"] == [
+        f"cid:{_only(await hub.server.backplane.user_connections(porch.user_id))}"
+    ]
     assert now - 10 < tile["since"] <= now + 1
     assert tile["last_event"]["name"] == "motion"
     assert tile["snapshot"] == {"url": SNAPSHOT, "time": pytest.approx(now - 5), "event": "bell"}
@@ -233,6 +237,7 @@ async def test_tiles_show_presence_last_event_picture_and_telemetry(hub: Hub) ->
     async with hub.http(alice) as http:
         [gone] = (await http.get("/api/devices/overview")).json()["devices"]
     assert gone["online"] is False
+    assert gone["connection_ids"] == gone["groups"] == []
     assert gone["since"] >= tile["since"]
 
 
@@ -396,3 +401,8 @@ async def _gone(hub: Hub, ws: ClientConnection, *, watcher: ClientConnection) ->
     await recv_until(watcher, "#notice", **{"#code": "USER_DISCONNECTED"})
     assert hub.server.history is not None
     await hub.server.history.flush()
+
+
+def _only(items: list[str]) -> str:
+    [item] = items
+    return item

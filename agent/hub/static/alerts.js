@@ -1,17 +1,75 @@
 // Web push alerts: the service worker, PushManager.subscribe with the hub's VAPID key
 // (RFC 8292 applicationServerKey), and the hub's subscribe/unsubscribe routes.
+//
+// Opting in is never silent: alertState() names every state this browser can be in
+// (unsupported, insecure page, blocked, private window, push service unreachable, hub
+// without push, on, off) with what to do about it, and enableAlerts() reports each step
+// while it waits on the browser (a push service that cannot be reached can take long).
 
 import { ApiError } from './api.js';
+
+const PUSH_SERVICE_WAIT_MS = 20000; // then say the push service is not answering
+const CHECK_WAIT_MS = 5000;
+
+export const AlertState = Object.freeze({
+  UNSUPPORTED: 'unsupported',
+  INSECURE: 'insecure',
+  BLOCKED: 'blocked',
+  OFF: 'off',
+  ON: 'on',
+});
 
 export function alertsSupported() {
   return 'serviceWorker' in navigator && 'PushManager' in window && 'Notification' in window;
 }
 
 export function unsupportedReason() {
-  if (!window.isSecureContext) return 'Alerts need a secure page (https:// or localhost).';
-  if (!('serviceWorker' in navigator)) return 'This browser has no service workers, so no alerts.';
-  if (!('PushManager' in window)) return 'This browser cannot receive push messages (on iPhone: add the viewer to the home screen first).';
-  return 'This browser cannot show notifications.';
+  if (!window.isSecureContext) {
+    return 'Alerts need a secure page: open the viewer at its https:// address (or on localhost).';
+  }
+  if (!('serviceWorker' in navigator)) {
+    return 'This browser window cannot run background tasks, so no alerts: a private window '
+      + 'does not allow them. Open the viewer in a normal window, or another browser.';
+  }
+  if (!('PushManager' in window)) {
+    return 'This browser cannot receive push messages. On an iPhone or iPad, add the viewer to '
+      + 'the Home Screen first (Share, then Add to Home Screen) and open it from there.';
+  }
+  return 'This browser cannot show notifications; try another browser.';
+}
+
+// {state, kind: ok|info|warn|error, message, canEnable, canDisable} for this browser now.
+export async function alertState() {
+  if (!window.isSecureContext) return blocked(AlertState.INSECURE, unsupportedReason());
+  if (!alertsSupported()) return blocked(AlertState.UNSUPPORTED, unsupportedReason());
+  if (Notification.permission === 'denied') return blocked(AlertState.BLOCKED, BLOCKED);
+  let subscription = null;
+  try {
+    subscription = await withTimeout(currentSubscription(), CHECK_WAIT_MS, 'the browser did not answer');
+  } catch (err) {
+    return {
+      state: AlertState.OFF, kind: 'warn', canEnable: true, canDisable: false,
+      message: `Could not check this browser's alerts (${err.message || err}). You can still try to enable them.`,
+    };
+  }
+  if (subscription) {
+    return {
+      state: AlertState.ON, kind: 'ok', canEnable: false, canDisable: true,
+      message: 'Alerts are on: this browser is told when a device raises one, even with the page closed.',
+    };
+  }
+  return {
+    state: AlertState.OFF, kind: 'info', canEnable: true, canDisable: false,
+    message: 'Alerts are off for this browser. Enable them to be told when a device raises one.',
+  };
+}
+
+const BLOCKED = 'Notifications are blocked for this site (or this is a private window, where '
+  + 'browsers block them): allow notifications in the site settings (the icon next to the '
+  + 'address), then try again.';
+
+function blocked(state, message) {
+  return { state, kind: 'error', message, canEnable: false, canDisable: false };
 }
 
 export async function registerWorker() {
@@ -26,13 +84,15 @@ export async function currentSubscription() {
   return registration ? registration.pushManager.getSubscription() : null;
 }
 
-export async function enableAlerts(api) {
+// Subscribe this browser; `progress(message)` is told of each step. Throws an Error whose
+// message says what went wrong and what to do.
+export async function enableAlerts(api, progress = () => {}) {
   if (!alertsSupported()) throw new Error(unsupportedReason());
+  progress('Asking the browser for permission to show notifications…');
   const permission = await Notification.requestPermission();
   if (permission !== 'granted') {
-    throw new Error(permission === 'denied'
-      ? 'Notifications are blocked for this site: allow them in the browser settings, then try again.'
-      : 'Notifications were not allowed.');
+    throw new Error(permission === 'denied' ? BLOCKED
+      : 'Notifications were not allowed: tap Enable alerts again and choose Allow.');
   }
   let key;
   try {
@@ -49,15 +109,18 @@ export async function enableAlerts(api) {
     subscription = null;
   }
   if (!subscription) {
+    progress("Registering with the browser's push service…");
     try {
-      subscription = await registration.pushManager.subscribe({
-        userVisibleOnly: true,
-        applicationServerKey: base64UrlToBytes(key),
-      });
+      subscription = await withTimeout(
+        registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: base64UrlToBytes(key) }),
+        PUSH_SERVICE_WAIT_MS,
+        'no answer',
+      );
     } catch (err) {
       throw new Error(pushServiceProblem(err));
     }
   }
+  progress('Telling the hub…');
   try {
     await api.subscribe(subscriptionBody(subscription));
   } catch (err) {
@@ -84,12 +147,20 @@ export async function disableAlerts(api) {
 function pushServiceProblem(err) {
   const detail = err?.message || err?.name || String(err);
   if (err?.name === 'NotAllowedError') {
-    return `The browser does not allow push messages for this page (${detail}): check the site's notification settings.`;
+    return `The browser does not allow push messages for this page (${detail}): check the site's notification settings, and use a normal (not private) window.`;
   }
-  if (err?.name === 'AbortError') {
-    return `The browser's push service could not be reached (${detail}): alerts need this device to be online.`;
+  if (err?.name === 'AbortError' || err?.name === 'TimeoutError') {
+    return `The browser's push service could not be reached (${detail}): alerts need this device to reach the internet; try again when it does.`;
   }
   return `The browser's push service refused the subscription (${detail}).`;
+}
+
+function withTimeout(promise, ms, what) {
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(Object.assign(new Error(what), { name: 'TimeoutError' })), ms);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
 }
 
 function subscriptionBody(subscription) {

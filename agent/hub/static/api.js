@@ -43,9 +43,34 @@ export class Api {
     return payload;
   }
 
+  // A binary answer (a snapshot's JPEG) as a Blob.
+  async blob(path) {
+    let response;
+    try {
+      response = await fetch(this.base + path, {
+        headers: this.token ? { Authorization: `Bearer ${this.token}` } : {},
+        cache: 'no-store',
+        credentials: 'omit',
+      });
+    } catch (err) {
+      throw new ApiError(0, 'NETWORK', `Cannot reach the hub (${err.message || err}).`);
+    }
+    if (!response.ok) {
+      const payload = await readJson(response);
+      throw new ApiError(response.status, payload?.code || httpCode(response.status),
+        payload?.message || `The hub answered ${response.status}.`);
+    }
+    return response.blob();
+  }
+
   login(name, password) { return this.request('POST', '/api/login', { name, password }); }
   me() { return this.request('GET', '/api/me'); }
   devices() { return this.request('GET', '/api/devices'); }
+  // Every device shared with this account: presence, last event, picture, telemetry.
+  overview() { return this.request('GET', '/api/devices/overview'); }
+  // A page of events, newest first: {device?, group?, since?, until?, startKey?, limit?}.
+  events(params = {}) { return this.request('GET', `/api/events${query(params)}`); }
+  telemetry(device) { return this.request('GET', `/api/telemetry${query({ device })}`); }
   viewerConfig() { return this.request('GET', '/api/viewer/config'); }
   // STUN/TURN servers for one call, with TURN credentials minted now (short-lived).
   iceServers(path = '/api/ice-servers') { return this.request('GET', path); }
@@ -60,6 +85,15 @@ export class Api {
     url.searchParams.set('token', this.token);
     return url.href;
   }
+}
+
+function query(params) {
+  const search = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) {
+    if (value !== undefined && value !== null && value !== '') search.set(key, String(value));
+  }
+  const text = search.toString();
+  return text ? `?${text}` : '';
 }
 
 async function readJson(response) {

@@ -1,22 +1,29 @@
-// The viewer: log in, see the devices online in your groups, call one, watch and listen,
-// hold to talk, run control commands, get alerts. Plain ES modules, no build step.
+// The viewer: log in, see your devices (online or not, their latest picture, last event
+// and sensors), the timeline of what happened, call one to watch, listen and hold to talk,
+// with its sensors, serial console and status beside the picture; get alerts. Plain ES
+// modules, no build step. The tabs, tiles and timeline live in home.js, a call's side
+// panels in callpanels.js; this module holds the session, the hub link and the calls.
 
 import { Api, ApiError, session } from './api.js';
 import { Realtime, LinkState } from './realtime.js';
 import { Call, CallState } from './call.js';
 import { formatBitrate } from './stats.js';
-import {
-  alertsSupported, currentSubscription, disableAlerts, enableAlerts, registerWorker, unsupportedReason,
-} from './alerts.js';
+import { CallPanels } from './callpanels.js';
+import { Home } from './home.js';
+import { takePicture } from './picturecall.js';
+import { PictureCache } from './pictures.js';
+import { SettingsView } from './settings.js';
 
 const GROUPS_KEY = 'edge-agent.groups';
 const DEFAULT_CONFIG = {
   iceServers: [], iceServersUrl: null, iceTransportPolicy: 'all', groups: ['devices'],
 };
 const INTENT_WAIT_MS = 30000; // how long "?device=NAME&call=1" waits for NAME to come online
+const AFTER_PICTURE_MS = 300; // a picture call's slot on the device is free again by then
 
 const $ = (id) => document.getElementById(id);
 const api = new Api();
+const pictures = new PictureCache(api);
 
 // Inspection surface (the browser tests and the benchmark read it; so can a curious user).
 const viewer = {
@@ -35,8 +42,35 @@ const viewer = {
   resume: null, // a call being made again after a network change
   resumes: [],
   frames: 0, // video frames shown, across calls made again
+  probe: null, // a picture call for a device tile (thumbnails.js)
+  lastProbe: null,
+  starting: false,
 };
 window.viewer = viewer;
+
+const home = new Home({
+  api,
+  pictures,
+  startCall: (device, at) => startCall(device, at),
+  takePicture: (device) => pictureOf(device),
+  showError: (message, kind = 'error') => showBanner(message, kind),
+});
+const panels = new CallPanels({
+  sensorsCard: $('sensors-card'),
+  sensorsPanel: $('sensors-panel'),
+  consoleCard: $('console-card'),
+  consoles: $('consoles'),
+  statusList: $('status-list'),
+  statusError: $('status-error'),
+  controlOut: $('control-out'),
+});
+const settings = new SettingsView({
+  api,
+  showBanner: (message, kind, options) => showBanner(message, kind, options),
+});
+viewer.home = home;
+viewer.panels = panels;
+viewer.settings = settings;
 
 // -- messages on the page --------------------------------------------------------------
 
@@ -64,9 +98,7 @@ function describe(err) {
 
 function showLogin(message) {
   $('login-view').hidden = false;
-  $('devices-view').hidden = true;
-  $('call-view').hidden = true;
-  $('who').hidden = true;
+  for (const id of ['devices-view', 'timeline-view', 'settings-view', 'call-view', 'tabs']) $(id).hidden = true;
   $('logout').hidden = true;
   const error = $('login-error');
   error.textContent = message || (viewer.intent?.device ? `Log in to call ${viewer.intent.device}.` : '');
@@ -105,6 +137,8 @@ function logout(message) {
   viewer.user = null;
   api.token = null;
   session.clear();
+  home.clear();
+  pictures.clear();
   setLink(LinkState.CLOSED);
   showLogin(message);
 }
@@ -115,10 +149,10 @@ async function startSession(saved) {
   api.token = saved.token;
   viewer.user = { user_id: saved.user_id, name: saved.name, role: saved.role };
   $('who').textContent = saved.name;
-  $('who').hidden = false;
   $('logout').hidden = false;
   $('login-view').hidden = true;
-  $('devices-view').hidden = false;
+  home.setBusy(false);
+  home.show(home.tab);
   try {
     viewer.config = await loadConfig();
   } catch (err) {
@@ -131,7 +165,8 @@ async function startSession(saved) {
   $('groups').value = watchedGroups().join(', ');
   connectRealtime();
   refreshDevices();
-  updateAlerts();
+  home.startPeriodic(refreshDevices);
+  settings.update();
 }
 
 async function loadConfig() {
@@ -150,10 +185,15 @@ function watchedGroups() {
   return groups.map((g) => g.trim()).filter(Boolean);
 }
 
+// The groups set here, and those the devices are in (their posts and notices come there).
+function groupsToJoin() {
+  return [...new Set([...watchedGroups(), ...home.deviceGroups()])];
+}
+
 function onGroupsChanged() {
   const groups = $('groups').value.split(',').map((g) => g.trim()).filter(Boolean);
   localStorage.setItem(GROUPS_KEY, groups.join(','));
-  viewer.realtime?.watch(groups);
+  viewer.realtime?.watch(groupsToJoin());
   scheduleRefresh();
 }
 
@@ -167,7 +207,7 @@ function connectRealtime() {
   realtime.addEventListener('refused', onRefused);
   realtime.addEventListener('open', () => scheduleRefresh());
   realtime.addEventListener('frame', (event) => onFrame(event.detail));
-  realtime.watch(watchedGroups());
+  realtime.watch(groupsToJoin());
   realtime.connect();
 }
 
@@ -187,6 +227,7 @@ function setLink(state) {
   viewer.linkHistory.push(state);
   $('link').textContent = state;
   $('link').dataset.state = state;
+  $('link').setAttribute('aria-label', `Connection to the hub: ${state}`);
 }
 
 // The socket was refused before it opened: an expired token looks the same as a network
@@ -204,13 +245,16 @@ function onFrame(frame) {
     case 'rtc': {
       // A call made again goes to the same device connection as the one it replaces, but
       // over a new hub socket: whatever the device says now is about the new call.
-      const call = [viewer.resume?.next, viewer.call].find((c) => c && c.cid === frame.cid);
+      const call = [viewer.resume?.next, viewer.call, viewer.probe].find((c) => c && c.cid === frame.cid);
       if (call) call.handleSignal(frame.content);
       else if (frame.content?.sdpoffer && frame.cid) declineCall(frame.cid);
       break;
     }
     case 'private':
       onPrivate(frame);
+      break;
+    case 'message':
+      home.onGroupMessage(frame);
       break;
     case 'notice':
       scheduleRefresh();
@@ -237,8 +281,11 @@ function onPrivate(frame) {
   if (content.type === 'call_refused') {
     // The device hangs up and then says why: busy, or this account may not call it. The
     // message goes to every tab of this account, so only a tab whose call to that device
-    // was not taken shows it.
-    if (!fromCallee || !refusedHere(call)) return;
+    // was not taken shows it; a refused picture call is the tiles' business.
+    if (!fromCallee || !refusedHere(call)) {
+      pictureRefused(content, frame.sender);
+      return;
+    }
     const message = content.message || `${call.device.name} refused the call.`;
     if (viewer.call === call) endCall(message, 'refused');
     showBanner(message, 'error');
@@ -248,6 +295,20 @@ function onPrivate(frame) {
 }
 
 const REFUSAL_WINDOW_MS = 10000;
+
+// A refusal of a picture call is the tiles' business, not a message for the person.
+function pictureRefused(content, sender) {
+  const probe = viewer.probe || viewer.lastProbe;
+  if (!probe || probe.device.user_id !== sender || probe.metrics.pickupAt !== undefined) return false;
+  if (probe.ended && performance.now() - probe.metrics.endedAt > REFUSAL_WINDOW_MS) return false;
+  if (content.reason === 'not_allowed') {
+    home.thumbnails.exclude(probe.device.name);
+    probe.device.callable = false;
+  } else {
+    home.thumbnails.backOff(probe.device.name);
+  }
+  return true;
+}
 
 function refusedHere(call) {
   if (call.metrics.pickupAt !== undefined) return false;
@@ -277,9 +338,9 @@ function scheduleRefresh() {
 async function refreshDevices() {
   if (!api.token) return;
   try {
-    viewer.devices = await api.devices();
+    viewer.devices = await home.refresh();
     viewer.devicesLoaded = true;
-    renderDevices();
+    viewer.realtime?.watch(groupsToJoin());
     applyIntent();
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) {
@@ -291,31 +352,8 @@ async function refreshDevices() {
 }
 
 function renderDevices() {
-  const list = $('devices');
-  list.replaceChildren();
-  for (const device of viewer.devices) {
-    const item = document.createElement('li');
-    item.className = 'device';
-    item.dataset.name = device.name;
-    if ((viewer.intent?.device || viewer.wanted) === device.name) item.classList.add('wanted');
-    const label = document.createElement('div');
-    label.className = 'device-label';
-    const name = document.createElement('strong');
-    name.textContent = device.name;
-    const groups = document.createElement('small');
-    groups.textContent = device.groups.join(', ');
-    label.append(name, groups);
-    const button = document.createElement('button');
-    button.type = 'button';
-    button.className = 'primary big call-button';
-    button.textContent = 'Call';
-    button.setAttribute('aria-label', `Call ${device.name}`);
-    button.disabled = Boolean(viewer.call);
-    button.addEventListener('click', (event) => startCall(device, event.timeStamp));
-    item.append(label, button);
-    list.append(item);
-  }
-  $('devices-empty').hidden = viewer.devices.length > 0;
+  home.wanted = viewer.intent?.device || viewer.wanted;
+  home.render();
 }
 
 // -- opening the viewer on a device (?device=NAME&call=1, or an alert's click) ---------
@@ -324,7 +362,13 @@ function readIntent() {
   const params = new URLSearchParams(location.search);
   const device = params.get('device');
   if (device) {
-    viewer.intent = { device, call: params.get('call') === '1' };
+    const at = Number(params.get('at'));
+    viewer.intent = {
+      device,
+      call: params.get('call') === '1',
+      event: params.get('event'),
+      time: params.has('at') && Number.isFinite(at) ? at : null,
+    };
   }
   if (params.has('device') || params.has('call')) {
     history.replaceState(null, '', location.pathname); // keep the address bar clean
@@ -334,7 +378,14 @@ function readIntent() {
 function applyIntent() {
   const intent = viewer.intent;
   if (!intent || !viewer.user || !viewer.devicesLoaded) return;
-  const device = viewer.devices.find((d) => d.name === intent.device);
+  if (intent.event && !intent.call) {
+    // An alert about an event: land on it (its picture, a call to its device).
+    viewer.intent = null;
+    viewer.wanted = intent.device;
+    home.landOn(intent);
+    return;
+  }
+  const device = viewer.devices.find((d) => d.name === intent.device && d.online);
   if (!device) {
     // It may be on its way (an alert can beat the device's reconnect): the device list
     // follows join notices, so wait for it a while.
@@ -356,7 +407,12 @@ function applyIntent() {
 function onWorkerMessage(event) {
   const data = event.data;
   if (data?.type !== 'open-device' || !data.device) return;
-  viewer.intent = { device: data.device, call: Boolean(data.call) };
+  viewer.intent = {
+    device: data.device,
+    call: Boolean(data.call),
+    event: typeof data.event === 'string' ? data.event : null,
+    time: typeof data.time === 'number' ? data.time : null,
+  };
   if (viewer.user) refreshDevices();
   else showLogin();
 }
@@ -364,10 +420,10 @@ function onWorkerMessage(event) {
 // -- calls -----------------------------------------------------------------------------
 
 async function startCall(device, clickedAt) {
-  if (viewer.call) return;
-  const cid = device.connection_ids[device.connection_ids.length - 1];
+  if (viewer.call || viewer.starting) return;
+  const cid = device.connection_ids?.[device.connection_ids.length - 1];
   if (!cid) {
-    showBanner(`${device.name} has no connection to call.`);
+    showBanner(`${device.name} is not connected: it cannot be called now.`);
     return;
   }
   if (!viewer.realtime?.open) {
@@ -375,6 +431,13 @@ async function startCall(device, clickedAt) {
     return;
   }
   hideBanner();
+  viewer.starting = true;
+  try {
+    await pictureCallsDone(device);
+  } finally {
+    viewer.starting = false;
+  }
+  if (viewer.call) return;
   const call = newCall(device, cid, { startedAt: clickedAt });
   viewer.call = call;
   showCallView(call);
@@ -405,7 +468,7 @@ function newCall(device, cid, { startedAt, deferVideo = false } = {}) {
   call.addEventListener('state', current((event) => setCallState(event.detail.state)));
   call.addEventListener('track', current(() => playVideo(video)));
   call.addEventListener('mic', current((event) => onMic(event.detail)));
-  call.addEventListener('control', current((event) => setCommandsEnabled(event.detail.open)));
+  call.addEventListener('control', current((event) => onControl(call, event.detail.open)));
   call.addEventListener('notice', current((event) => onCallNotice(event.detail)));
   call.addEventListener('stats', current((event) => showStats(event.detail)));
   call.addEventListener('frame', current(() => { viewer.frames += 1; }));
@@ -494,7 +557,7 @@ function takeOver(resume, next) {
   old.retire();
   next.attachVideo();
   setCallState(next.state);
-  setCommandsEnabled(next.control?.readyState === 'open');
+  onControl(next, next.control?.readyState === 'open');
   showBanner('Reconnected to the device.', 'info', { sticky: false });
 }
 
@@ -515,11 +578,12 @@ function endCall(message, reason = 'local') {
 
 function showCallView(call) {
   $('call-title').textContent = call.device.name;
+  home.setBusy(true);
   $('call-view').hidden = false;
-  $('devices-view').hidden = true;
   $('snapshot-box').hidden = true;
-  $('control-out').hidden = true;
   $('unmute').hidden = true;
+  $('status-details').open = false;
+  panels.detach();
   $('mic-note').textContent = 'Asking for the microphone…';
   $('talk').disabled = true;
   setCommandsEnabled(false);
@@ -542,8 +606,9 @@ function onCallEnded(call, { reason, message }) {
   const video = $('video');
   video.pause();
   video.srcObject = null;
+  panels.detach();
   $('call-view').hidden = true;
-  $('devices-view').hidden = false;
+  home.setBusy(false);
   renderDevices();
   if (reason === 'local') showBanner(message, 'info', { sticky: false });
   else showBanner(message, reason === 'remote' ? 'info' : 'error');
@@ -589,7 +654,8 @@ async function unmute() {
 
 function onMic({ ready, message }) {
   $('talk').disabled = !ready;
-  $('mic-note').textContent = ready ? 'Hold the button (or the space bar) to talk.' : message;
+  const hint = matchMedia('(pointer: coarse)').matches ? 'Hold the button to talk.' : 'Hold the button (or the space bar) to talk.';
+  $('mic-note').textContent = ready ? hint : message;
   $('mic-note').dataset.kind = ready ? 'info' : 'warn';
 }
 
@@ -636,18 +702,18 @@ function setCommandsEnabled(open) {
   $('cmd-snapshot').disabled = !open;
 }
 
+// The call's control channel opened (or closed): status card, sensors and consoles.
+function onControl(call, open) {
+  setCommandsEnabled(open);
+  if (open) panels.attach(call).catch((err) => viewer.errors.push(`status failed: ${describe(err)}`));
+}
+
 async function runStatus() {
-  const out = $('control-out');
   try {
-    const result = await viewer.call.command('status');
-    out.textContent = JSON.stringify(result, null, 2);
-    out.dataset.kind = 'ok';
+    await panels.refreshStatus();
   } catch (err) {
-    out.textContent = `status failed: ${describe(err)}${err.code ? ` (${err.code})` : ''}`;
-    out.dataset.kind = 'error';
-    viewer.errors.push(out.textContent);
+    viewer.errors.push(`status failed: ${describe(err)}${err.code ? ` (${err.code})` : ''}`);
   }
-  out.hidden = false;
 }
 
 let snapshotUrl = null;
@@ -663,11 +729,9 @@ async function runSnapshot() {
     $('snapshot-caption').textContent = `${new Date().toLocaleTimeString()} · ${Math.round(blob.size / 1024)} KiB`;
     $('snapshot-box').hidden = false;
   } catch (err) {
-    const out = $('control-out');
-    out.textContent = `snapshot failed: ${describe(err)}${err.code ? ` (${err.code})` : ''}`;
-    out.dataset.kind = 'error';
-    out.hidden = false;
-    viewer.errors.push(out.textContent);
+    const message = `The picture could not be taken: ${describe(err)}${err.code ? ` (${err.code})` : ''}`;
+    showBanner(message, 'warn');
+    viewer.errors.push(message);
   } finally {
     button.disabled = !(viewer.call?.control?.readyState === 'open');
   }
@@ -683,51 +747,6 @@ function showStats(stats) {
   $('st-route').textContent = stats.route || '–';
 }
 
-// -- alerts ----------------------------------------------------------------------------
-
-async function updateAlerts() {
-  const on = $('alerts-on');
-  const off = $('alerts-off');
-  const state = $('alerts-state');
-  if (!alertsSupported()) {
-    on.disabled = true;
-    off.hidden = true;
-    state.textContent = unsupportedReason();
-    return;
-  }
-  registerWorker().catch(() => {}); // so that an alert's click finds this page
-  const subscription = await currentSubscription().catch(() => null);
-  on.hidden = Boolean(subscription);
-  off.hidden = !subscription;
-  state.textContent = subscription ? 'Alerts are on for this browser.' : 'Alerts are off.';
-}
-
-async function onEnableAlerts() {
-  $('alerts-on').disabled = true;
-  try {
-    await enableAlerts(api);
-    showBanner('Alerts are on: this browser will be told when a device raises one.', 'info', { sticky: false });
-  } catch (err) {
-    showBanner(`Could not enable alerts: ${describe(err)}`);
-  } finally {
-    $('alerts-on').disabled = false;
-    updateAlerts();
-  }
-}
-
-async function onDisableAlerts() {
-  $('alerts-off').disabled = true;
-  try {
-    await disableAlerts(api);
-    showBanner('Alerts are off for this browser.', 'info', { sticky: false });
-  } catch (err) {
-    showBanner(`Could not disable alerts: ${describe(err)}`);
-  } finally {
-    $('alerts-off').disabled = false;
-    updateAlerts();
-  }
-}
-
 // -- start -----------------------------------------------------------------------------
 
 function wire() {
@@ -740,8 +759,6 @@ function wire() {
   $('unmute').addEventListener('click', unmute);
   $('cmd-status').addEventListener('click', runStatus);
   $('cmd-snapshot').addEventListener('click', runSnapshot);
-  $('alerts-on').addEventListener('click', onEnableAlerts);
-  $('alerts-off').addEventListener('click', onDisableAlerts);
   wireTalkButton();
   window.addEventListener('online', () => viewer.realtime?.nudge());
   document.addEventListener('visibilitychange', () => {
@@ -750,6 +767,36 @@ function wire() {
   // Closing the tab hangs up, so the device frees the call at once.
   window.addEventListener('pagehide', () => viewer.call?.hangup('The page was closed.'));
   navigator.serviceWorker?.addEventListener('message', onWorkerMessage);
+}
+
+// -- pictures for the tiles ----------------------------------------------------------------
+
+function pictureOf(device) {
+  const cid = device.connection_ids?.[device.connection_ids.length - 1];
+  if (!cid || !viewer.realtime?.open || viewer.call || viewer.starting || device.callable === false) {
+    return Promise.reject(new Error('not now'));
+  }
+  return takePicture(device, {
+    cid,
+    realtime: viewer.realtime,
+    iceServers: viewer.config.iceServers || [],
+    iceTransportPolicy: viewer.config.iceTransportPolicy,
+    iceSource: viewer.config.iceServersUrl ? () => api.iceServers(viewer.config.iceServersUrl) : null,
+    selfId: viewer.user.user_id,
+    onCall: (call, ended) => {
+      viewer.probe = call;
+      if (ended) viewer.lastProbe = ended;
+    },
+  });
+}
+
+// Before a person's call: no picture call in the way (the device may take one call).
+async function pictureCallsDone(device) {
+  await home.thumbnails.pause();
+  const last = viewer.lastProbe;
+  if (last?.device.user_id === device.user_id && performance.now() - last.metrics.endedAt < AFTER_PICTURE_MS) {
+    await sleep(AFTER_PICTURE_MS);
+  }
 }
 
 function boot() {

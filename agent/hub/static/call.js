@@ -18,6 +18,9 @@
 // replace another starts with `deferVideo`: it shows nothing until its media arrives
 // ('ready'), so the old picture stays up until there is a new one.
 //
+// A call made with `dataOnly` has the `control` channel and nothing else (no picture,
+// no sound, no microphone): the tiles' pictures are taken that way (picturecall.js).
+//
 // ICE servers are fetched for every call (`iceSource`: the hub's /api/ice-servers, whose
 // TURN credentials last about an hour), while the offer is being made, and set before
 // gathering starts (setConfiguration before setLocalDescription, W3C WebRTC 4.4.1.6). A
@@ -57,7 +60,7 @@ export class CallError extends Error {
 export class Call extends EventTarget {
   constructor({
     device, cid, realtime, iceServers = [], iceTransportPolicy = 'all', iceSource = null, video,
-    selfId, startedAt, deferVideo = false,
+    selfId, startedAt, deferVideo = false, dataOnly = false,
   }) {
     super();
     this.device = device; // {user_id, name}
@@ -67,6 +70,7 @@ export class Call extends EventTarget {
     this.iceTransportPolicy = iceTransportPolicy === 'relay' ? 'relay' : 'all';
     this.iceSource = iceSource;
     this.deferVideo = deferVideo;
+    this.dataOnly = dataOnly;
     this.stalled = false;
     this.video = video;
     this.selfId = selfId;
@@ -87,15 +91,17 @@ export class Call extends EventTarget {
     const iceReady = this._fetchIce();
     const pc = new RTCPeerConnection(this._configuration());
     this.pc = pc;
-    pc.addTransceiver('video', { direction: 'recvonly' });
-    this.audio = pc.addTransceiver('audio', { direction: 'sendrecv' });
+    if (!this.dataOnly) {
+      pc.addTransceiver('video', { direction: 'recvonly' });
+      this.audio = pc.addTransceiver('audio', { direction: 'sendrecv' });
+    }
     this.control = pc.createDataChannel('control', { ordered: true });
     this._wireControl(this.control);
     pc.ontrack = (event) => this._onTrack(event);
     pc.onicecandidate = (event) => this._onLocalCandidate(event.candidate);
     pc.onconnectionstatechange = () => this._onConnectionState(pc.connectionState);
     // The call may end while the prompt is up; a late replaceTrack then has nothing to do.
-    this._micReady = this._getMicrophone().catch((err) => {
+    this._micReady = this.dataOnly ? null : this._getMicrophone().catch((err) => {
       if (!this.ended) this._micState(false, `The microphone could not be attached (${err.message || err}).`);
     });
     const offer = await pc.createOffer();
@@ -477,7 +483,7 @@ export class Call extends EventTarget {
 
   _end(reason, message) {
     if (this.ended) return;
-    console.info(`call ${this.cid} ended (${reason}): ${message}`);
+    if (!this.dataOnly) console.info(`call ${this.cid} ended (${reason}): ${message}`);
     this._setState(CallState.ENDED);
     clearInterval(this._statsTimer);
     clearInterval(this._flowTimer);
