@@ -25,6 +25,7 @@ export class Home {
     this.sensorsSeries = null;
     this._pictures = new Map(); // device name -> {url, time}: taken for the tiles
     this._periodic = null;
+    this._renderTimer = null;
     this.timeline = new Timeline({
       api: app.api,
       pictures: app.pictures,
