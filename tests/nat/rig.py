@@ -265,7 +265,6 @@ class DeviceProcess(LoggedProcess):
                 "EDGE_AGENT_VIDEO__FPS": "15",
                 "EDGE_AGENT_AUDIO__SINK": "file",
                 "EDGE_AGENT_AUDIO__FILE": str(self.talkback),
-                "EDGE_AGENT_CALLS__MDNS": "false",
             }
         )
         command = [sys.executable, "-m", "agent.cli", "run"]
