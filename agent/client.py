@@ -463,6 +463,19 @@ class RealtimeClient(PushMethods):
         else:
             self.rtc.handle_frame(frame)
 
+    def use_rtc_factory(self, factory: PeerFactory) -> None:
+        """Make this client's calls with ``factory``, given after construction (a device
+        that loads aiortc only when a call first needs it builds its factory then).
+
+        Raises:
+            RealtimeError: INVALID_REQUEST once the calls exist: they keep their factory.
+        """
+        if self._rtc is not None:
+            raise RealtimeError(
+                Codes.INVALID_REQUEST, "The calls of this client exist already; set it before."
+            )
+        self._rtc_factory = factory
+
     @property
     def rtc(self) -> RtcEngine:
         """This client's calls (made on first use)."""

@@ -4,6 +4,10 @@ It is the only module that knows every component. Today it keeps the hub connect
 runs an embedded hub when no hub URL is set), joins the configured groups, answers calls
 with the camera and microphone (``[calls]``, ``[video]``, ``[audio]``), follows SIGHUP
 reloads and exits 0 on SIGTERM/SIGINT after hanging up and ``close_realtime()``.
+
+The media stack (aiortc, PyAV, the camera pipeline) is not loaded at start: the calls part
+(:class:`~agent.rtc.standby.CallStandby`) loads it when a call, a snapshot or a motion rule
+first needs it, or at start with ``[calls] preload = true``.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ import secrets
 import signal
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import Codes, ConfigError, EdgeAgentError
 from agent.exposition import Exposition, labelled
+from agent.metrics import process_metrics, resident_memory_bytes
 from agent.supervisor import Policy, Supervisor, closing
 from agent.systemd import (
     AgentStatus,
@@ -36,12 +41,11 @@ if TYPE_CHECKING:
     from agent.config import Settings
     from agent.events.motion import MotionAnalyzer
     from agent.hub.server import HubServer
-    from agent.media import MediaEvent, MediaHub, TalkbackSink
-    from agent.media.hub import MediaStats
+    from agent.media import MediaEvent, MediaHub
     from agent.metrics import MetricsServer
     from agent.rtc.callstats import CallFigures
     from agent.rtc.desk import CallDesk
-    from agent.rtc.peer import PeerFactory
+    from agent.rtc.standby import CallStandby
     from agent.sensing import Sensing
 
 __all__ = ["Agent", "run_agent"]
@@ -75,10 +79,7 @@ class Agent:
         self.board = StatusBoard(self.notifier, AgentStatus(groups=tuple(settings.groups)))
         self.client: RealtimeClient | None = None
         self.hub: HubServer | None = None
-        self.media: MediaHub | None = None
-        self.talkback: TalkbackSink | None = None
-        self.desk: CallDesk | None = None
-        self.rtc_factory: PeerFactory | None = None
+        self.calls: CallStandby | None = None
         self.sensing: Sensing | None = None
         self.metrics: MetricsServer | None = None
         self._reconnects = 0
@@ -88,6 +89,16 @@ class Agent:
         self.failed_part: str | None = None  # a part whose failure stopped the agent
         self._stop = asyncio.Event()
         self._connected = asyncio.Event()
+
+    @property
+    def desk(self) -> CallDesk | None:
+        """The desk answering calls, once the media stack is loaded."""
+        return self.calls.desk if self.calls is not None else None
+
+    @property
+    def media(self) -> MediaHub | None:
+        """The camera and microphone, once the media stack is loaded."""
+        return self.calls.media if self.calls is not None else None
 
     @property
     def supervisor(self) -> Supervisor | None:
@@ -206,14 +217,9 @@ class Agent:
 
     def _make_client(self, url: str | list[str], token: str) -> RealtimeClient:
         from agent.client import RealtimeClient
-        from agent.rtc.peer import PeerFactory
-        from agent.rtc.settings import ice_options
 
-        # One DTLS certificate and one ICE policy for every call of this run.
-        self.rtc_factory = PeerFactory(
-            ice_options(self.settings.calls), video_codecs=self.settings.video.codecs
-        )
-        self.client = RealtimeClient(url, token=token, rtc_factory=self.rtc_factory)
+        # The calls part gives the client its peer factory when it loads (CallStandby).
+        self.client = RealtimeClient(url, token=token)
         return self.client
 
     async def _start_local_parts(
@@ -221,14 +227,15 @@ class Agent:
     ) -> None:
         """Calls, serial ports, rules, outbox, control socket and metrics: all local."""
         stack.push_async_callback(closing("calls", self._stop_calls))
-        self._start_calls(client)  # before connecting: an offer may be the first frame
+        calls = self._start_calls(client)  # before connecting: an offer may be the first frame
+        if self.settings.calls.preload:
+            await calls.load()
         stack.push_async_callback(closing("sensing", self._close_sensing))
         await self._start_sensing(client, self.settings)
         stack.push_async_callback(closing("metrics", self._close_metrics))
         await self._start_metrics()
-        if self.desk is not None and self._supervisor is not None:
-            desk = self.desk
-            self._supervisor.start("call figures", lambda: self._refresh_call_figures(desk))
+        if self.settings.calls.enabled and self._supervisor is not None:
+            self._supervisor.start("call figures", lambda: self._refresh_call_figures(calls))
         self._start_motion_watch()
 
     async def _start_sensing(self, client: RealtimeClient, settings: Settings) -> None:
@@ -240,11 +247,11 @@ class Agent:
             state_dir=resolve_state_dir(settings.state_dir),
             client=client,
             on_port=self._port_changed,
-            camera=self.media.snapshot if self.media is not None else None,
+            camera=self._camera(),
         )
         self.sensing.add_control({"status": self._control_status})
-        if self.desk is not None:
-            self.sensing.register_channels(self.desk.channels)
+        if self.calls is not None:
+            self.sensing.register_channels(self.calls.channels)
         await self.sensing.start()
 
     async def _connect(self, client: RealtimeClient) -> None:
@@ -286,37 +293,31 @@ class Agent:
 
     # -- calls -----------------------------------------------------------------------------
 
-    def _start_calls(self, client: RealtimeClient) -> None:
-        """Answer calls with the configured camera, microphone and talk-back."""
-        settings = self.settings
-        if not settings.calls.enabled:
-            client.rtc.on_incoming = None  # refuse at once rather than ring unanswered
-            return
-        from agent.media import MediaHub, TalkbackSink
-        from agent.rtc.desk import AccountDirectory, CallDesk, HubDirectory
-        from agent.rtc.settings import call_policy, media_config, sink_config
+    def _start_calls(self, client: RealtimeClient) -> CallStandby:
+        """Answer calls with the configured camera, microphone and talk-back (loaded on the
+        first need); with calls disabled, refuse them."""
+        from agent.rtc.standby import CallStandby
 
-        video, audio = settings.video, settings.audio
-        self.media = MediaHub(media_config(video, audio), on_event=self._media_event)
-        if audio.talkback:
-            self.talkback = TalkbackSink(sink_config(audio))
-        self.desk = CallDesk(
+        settings = self.settings
+        self.calls = CallStandby(
             client,
             device=settings.name,
-            policy=call_policy(settings.calls),
-            media=self.media,
-            talkback=self.talkback,
-            send_video=video.enabled,
-            send_audio=audio.enabled,
-            directory=(
-                AccountDirectory(self.hub.accounts)
-                if self.hub is not None
-                else HubDirectory(client)
-            ),
+            calls=settings.calls,
+            video=settings.video,
+            audio=settings.audio,
+            accounts=self.hub.accounts if self.hub is not None else None,
+            on_media_event=self._media_event,
             status_extra=self._status_fields,
             on_calls=self._calls_changed,
         )
-        self.desk.start()
+        self.calls.start()
+        return self.calls
+
+    def _camera(self) -> Callable[[], Awaitable[bytes]] | None:
+        """Pictures for snapshots and motion (the first one loads the media stack)."""
+        if self.calls is None or not self.settings.calls.enabled:
+            return None  # calls disabled: no camera either
+        return self.calls.snapshot
 
     def _port_changed(self, name: str, up: bool) -> None:
         self.board.set_sensor(name, up=up)
@@ -327,8 +328,6 @@ class Agent:
     def _media_event(self, event: MediaEvent) -> None:
         from agent.media import MediaEventKind
 
-        if self.desk is not None:
-            self.desk.media_event(event)
         present = {
             MediaEventKind.SOURCE_OPENED: True,
             MediaEventKind.SOURCE_FAILED: False,
@@ -354,9 +353,15 @@ class Agent:
             lines.append(f"serial {name}: {port.get('state')} ({port.get('readings', 0)} readings)")
         for name, rule in fields.get("events", {}).items():
             lines.append(f"event {name}: {_fired_text(int(rule.get('fired', 0)))}")
+        stack = self.calls.status() if self.calls is not None else None
         if self.media is not None:
             lines.append(f"media: {self.media.viewers} viewers")
         lines.extend(_call_line(f) for f in self._call_figures)
+        rss = resident_memory_bytes()
+        lines.append(_memory_line(rss, stack))
+        fields["memory"] = {"resident_bytes": rss}
+        if stack is not None:
+            fields["media_stack"] = stack
         return {"ok": True, "lines": lines, **fields}
 
     # -- metrics ---------------------------------------------------------------------------
@@ -382,9 +387,10 @@ class Agent:
             return
         supervisor.cancel("motion watch")
         analyzer = self.sensing.engine.motion_analyzer() if self.sensing else None
-        media = self.media
-        if analyzer is not None and media is not None:
-            supervisor.start("motion watch", lambda: _watch_motion(media, analyzer))
+        camera = self._camera()
+        if analyzer is not None and camera is not None:
+            # The first picture loads the media stack: a motion rule needs the camera.
+            supervisor.start("motion watch", lambda: _watch_motion(camera, analyzer))
 
     def _start_watchdog(self, supervisor: Supervisor) -> None:
         """WATCHDOG=1 from the loop itself (sd_notify(3)), if systemd asked for it."""
@@ -400,11 +406,12 @@ class Agent:
         self.failed_part = name
         self._stop.set()
 
-    async def _refresh_call_figures(self, desk: CallDesk) -> None:
+    async def _refresh_call_figures(self, calls: CallStandby) -> None:
         """Keep per-call figures fresh for the (synchronous) metrics and status answers."""
         while True:
+            desk = calls.desk  # None until the first call loads the stack
             try:
-                self._call_figures = await desk.call_figures() if desk.calls else []
+                self._call_figures = await desk.call_figures() if desk and desk.calls else []
             except Exception:  # a call ending under us: skip this round
                 log.debug("call figures not read this round", exc_info=True)
             await asyncio.sleep(_FIGURES_SECONDS)
@@ -419,32 +426,17 @@ class Agent:
             int(link is HubLink.CONNECTED),
         )
         out.add("hub_reconnects_total", "counter", "Hub connection losses.", self._reconnects)
-        if self.desk is not None:
-            out.add("calls_active", "gauge", "Calls up now.", self.desk.calls)
-            out.add("calls_total", "counter", "Calls answered since start.", self.desk.answered)
-            out.add(
-                "calls_refused_total",
-                "counter",
-                "Calls refused (busy, not allowed).",
-                self.desk.refused,
-            )
-        if self.media is not None:
-            _media_metrics(out, self.media.stats())
+        if self.calls is not None:
+            self.calls.add_metrics(out)
         _call_metrics(out, self._call_figures)
         text = out.render()
         if self.sensing is not None:
             text += self.sensing.metrics()
-        return text
+        return text + process_metrics()
 
     async def _stop_calls(self) -> None:
-        if self.desk is not None:
-            await self.desk.stop()
-        if self.media is not None:
-            await self.media.close()
-        if self.talkback is not None:
-            await self.talkback.close()
-        if self.rtc_factory is not None:
-            self.rtc_factory.close()
+        if self.calls is not None:
+            await self.calls.aclose()
 
     # -- status and shutdown ---------------------------------------------------------------
 
@@ -509,13 +501,13 @@ def _sensing_changed(old: Settings, new: Settings) -> bool:
     )
 
 
-async def _watch_motion(media: MediaHub, analyzer: MotionAnalyzer) -> None:
+async def _watch_motion(snapshot: Callable[[], Awaitable[bytes]], analyzer: MotionAnalyzer) -> None:
     """Score one picture per interval. Pictures come through the snapshot path, which keeps
     the camera open while they are asked for more often than it lingers; the JPEG is
     decoded off the loop."""
     while True:
         try:
-            jpeg = await media.snapshot()
+            jpeg = await snapshot()
             frame = await asyncio.to_thread(_decode_jpeg, jpeg)
         except (TimeoutError, EdgeAgentError, ValueError) as exc:
             log.warning("motion: no picture this round: %s", exc)
@@ -550,6 +542,18 @@ def _call_line(f: CallFigures) -> str:
         f"call {f.cid}: first frame {ms(f.first_frame_seconds)}, ICE {ms(f.ice_setup_seconds)}, "
         f"route {f.candidate_type or '?'}, RTT {ms(f.rtt_seconds)}, {rate}"
     )
+
+
+def _memory_line(rss: int | None, stack: dict[str, Any] | None) -> str:
+    """``memory: 52.1 MB resident; media stack not loaded (loads on the first call ...)``."""
+    text = "memory: " + ("?" if rss is None else f"{rss / 1e6:.1f} MB") + " resident"
+    if stack is None:
+        return text
+    if stack["failure"] is not None:
+        return f"{text}; media stack failed to load: {stack['failure']}"
+    if stack["load_seconds"] is None:
+        return f"{text}; media stack not loaded (loads on the first call or snapshot)"
+    return f"{text}; media stack loaded in {stack['load_seconds'] * 1000:.0f} ms"
 
 
 def _call_metrics(out: Exposition, figures: list[CallFigures]) -> None:
@@ -587,46 +591,6 @@ def _call_metrics(out: Exposition, figures: list[CallFigures]) -> None:
         "gauge",
         "Calls by the local candidate type of their route.",
         labelled("route", dict(routes)),
-    )
-
-
-def _media_metrics(out: Exposition, stats: MediaStats) -> None:
-    codecs = {c.codec: c for c in stats.codecs}
-    out.add(
-        "viewers",
-        "gauge",
-        "Viewers per encoder (codec).",
-        labelled("codec", {k: c.viewers for k, c in codecs.items()}),
-    )
-    out.add(
-        "encodes_total",
-        "counter",
-        "Frames encoded, once for all viewers of a codec.",
-        labelled("codec", {k: c.encodes for k, c in codecs.items()}),
-    )
-    out.add(
-        "keyframes_forced_total",
-        "counter",
-        "Key frames forced for joiners and PLI/FIR.",
-        labelled("codec", {k: c.forced_keyframes for k, c in codecs.items()}),
-    )
-    out.add(
-        "frames_captured_total",
-        "counter",
-        "Frames captured from the video source.",
-        stats.frames_captured,
-    )
-    out.add(
-        "viewer_drops_total",
-        "counter",
-        "Frames dropped for slow viewers.",
-        sum(v.dropped for v in stats.viewers),
-    )
-    out.add(
-        "devices_missing",
-        "gauge",
-        "Configured media devices missing now (on fallback).",
-        len(stats.errors),
     )
 
 

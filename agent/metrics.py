@@ -3,6 +3,10 @@
 Only ``GET /metrics`` (and ``HEAD``) is served; a scrape is one short request, so this
 stays a few lines of asyncio instead of a web framework in the agent. Requests are bounded
 (one line, a few headers, a deadline) and anything else gets a plain error status.
+
+:func:`process_metrics` adds the process's resident memory under the name Prometheus'
+own client libraries give it (``process_resident_memory_bytes``), so the usual dashboards
+read it.
 """
 
 from __future__ import annotations
@@ -10,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from typing import Final
 
-from agent.exposition import CONTENT_TYPE
+from agent.exposition import CONTENT_TYPE, Exposition
 
-__all__ = ["MetricsServer"]
+__all__ = ["MetricsServer", "process_metrics", "resident_memory_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +91,27 @@ class MetricsServer:
         if target.split(b"?", 1)[0] != b"/metrics":
             return 404, "see /metrics\n"
         return 200, self._render()
+
+
+def resident_memory_bytes() -> int | None:
+    """This process's resident set size in bytes (``/proc/self/statm``, proc(5)); None
+    where there is no procfs."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            fields = statm.read().split()
+        return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_metrics() -> str:
+    """``process_resident_memory_bytes`` as Prometheus text (nothing without procfs)."""
+    rss = resident_memory_bytes()
+    if rss is None:
+        return ""
+    out = Exposition("process_")
+    out.add("resident_memory_bytes", "gauge", "Resident memory size in bytes.", rss)
+    return out.render()
 
 
 def _response(status: int, body: str, *, include_body: bool) -> bytes:

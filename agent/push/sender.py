@@ -22,7 +22,6 @@ from typing import Any, Final, Protocol
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
-from pywebpush import WebPusher
 
 from agent.push.message import PushMessage
 from agent.push.settings import PushSettings
@@ -141,6 +140,10 @@ def make_session(settings: PushSettings) -> aiohttp.ClientSession:
 
 
 def _encrypt(sub: Subscription, data: bytes) -> bytes:
+    # Imported on the first alert: pywebpush (with requests) is ~5 MB a hub that has sent
+    # nothing yet need not hold.
+    from pywebpush import WebPusher
+
     # ECDH with a fresh key, HKDF and one AES-GCM record: well under a millisecond.
     encoded: Any = WebPusher(sub.info()).encode(data, _CONTENT_ENCODING)
     body: bytes = encoded["body"]

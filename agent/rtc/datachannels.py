@@ -21,11 +21,13 @@ import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final
-
-from aiortc import RTCDataChannel
+from typing import TYPE_CHECKING, Any, Final
 
 from agent.errors import Codes
+
+if TYPE_CHECKING:
+    # Annotations only: the registry exists before a call loads aiortc (agent.rtc.standby).
+    from aiortc import RTCDataChannel
 
 __all__ = ["RESERVED_LABELS", "ChannelHandler", "ChannelRegistry", "ChannelSession"]
 

@@ -10,6 +10,7 @@ In TOML::
     host_interfaces = ["eth0"]           # host candidates only here (default: everywhere)
     host_addresses = ["192.168.1.20"]
     ice_transport_policy = "relay"       # only relayed candidates (default "all")
+    preload = true                       # load the media stack at start (default: on first need)
 
     [[calls.ice_servers]]
     urls = ["turn:turn.example.net:3478?transport=udp"]
@@ -153,6 +154,10 @@ class CallsSettings(_Model):
     mdns: bool = True
     mdns_timeout: float = Field(1.0, gt=0, le=10)
     ring_timeout: float = Field(60.0, gt=0, le=3600)
+    # aiortc, PyAV and the camera pipeline load when a call, a snapshot or a motion rule
+    # first needs them (an idle agent stays small); true loads them at start instead, for a
+    # device whose very first call must be answered fastest.
+    preload: bool = False
 
     @field_validator("host_interfaces")
     @classmethod
