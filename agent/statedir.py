@@ -23,7 +23,13 @@ from pathlib import Path
 
 from agent.errors import ConfigError
 
-__all__ = ["APP_DIR_NAME", "read_or_create_secret", "resolve_state_dir", "write_secret"]
+__all__ = [
+    "APP_DIR_NAME",
+    "read_or_create_secret",
+    "read_secret_file",
+    "resolve_state_dir",
+    "write_secret",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,25 @@ def write_secret(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def read_secret_file(path: Path, *, what: str, key: str) -> str:
+    """The secret text an operator keeps in ``path`` (surrounding whitespace dropped).
+
+    ``ConfigError`` naming ``key`` when it is unreadable or empty; a warning when others may
+    read it (it should be mode 0600).
+    """
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"cannot read the {what} file {path}: {reason}", key=key) from exc
+    if not text:
+        raise ConfigError(f"the {what} file {path} is empty", key=key)
+    if mode & 0o077:
+        log.warning("the %s file %s is readable by others (mode %o)", what, path, mode)
+    return text
 
 
 def read_or_create_secret(path: Path, factory: Callable[[], bytes]) -> bytes:

@@ -33,10 +33,10 @@ from agent.database import (
     SecretStore,
     migrate,
 )
-from agent.errors import ConfigError
 from agent.hub.accounts import ACCOUNTS_FILE, ACCOUNTS_SCHEMA, AccountStore
 from agent.hub.snapshots import SNAPSHOTS_SCHEMA
 from agent.push.store import PUSH_DB_FILE, PUSH_SCHEMA
+from agent.statedir import read_secret_file
 
 if TYPE_CHECKING:
     from agent.config import HubSettings
@@ -116,11 +116,4 @@ def records_for_tools(hub: HubSettings, state_dir: Path) -> Iterator[HubRecords]
 def _password(path: Path | None) -> str | None:
     if path is None:
         return None
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read the database password file {path}: {exc.strerror}",
-            key="hub.database_password_file",
-        ) from exc
-    return text.rstrip("\r\n")
+    return read_secret_file(path, what="database password", key="hub.database_password_file")

@@ -164,11 +164,14 @@ def test_two_nodes_never_claim_the_same_delivery(postgres: PostgresServer) -> No
         second.close()
 
 
-def test_a_password_file_and_a_bad_password(postgres: PostgresServer, tmp_path: Path) -> None:
+def test_a_password_file_and_a_bad_password(
+    postgres: PostgresServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     url = postgres.database()
     bare = url.replace(f":{PASSWORD}@", "@")
     secret = tmp_path / "db-password"
     secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o644)
     settings = Settings(
         state_dir=tmp_path / "state",
         hub={"database": bare, "database_password_file": str(secret)},
@@ -177,6 +180,8 @@ def test_a_password_file_and_a_bad_password(postgres: PostgresServer, tmp_path: 
     try:
         assert server.records.shared
         assert PASSWORD not in server.records.where
+        assert "database password file" in caplog.text  # readable by others: said
+        assert "readable by others (mode 644)" in caplog.text
     finally:
         asyncio.run(server.stop())
     wrong = Settings(state_dir=tmp_path / "state", hub={"database": bare.replace("@", ":nope@")})

@@ -11,38 +11,16 @@ node; a password goes in the URL or in ``backplane_password_file``.
 
 from __future__ import annotations
 
-import logging
-import stat
 from pathlib import Path
 
-from agent.errors import ConfigError
 from agent.hub.backplane_redis.link import BackplaneDown, LinkState
 from agent.hub.backplane_redis.plane import RedisBackplane
+from agent.statedir import read_secret_file
 
 __all__ = ["BackplaneDown", "LinkState", "RedisBackplane", "read_password_file"]
 
-log = logging.getLogger(__name__)
-
 
 def read_password_file(path: Path) -> str:
-    """The Redis password in ``path`` (surrounding whitespace dropped).
-
-    Raises:
-        ConfigError: naming ``hub.backplane_password_file`` when it is unreadable or empty.
-    """
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(
-            f"cannot read the Redis password file {path}: {reason}",
-            key="hub.backplane_password_file",
-        ) from exc
-    if not text:
-        raise ConfigError(
-            f"the Redis password file {path} is empty", key="hub.backplane_password_file"
-        )
-    if mode & 0o077:
-        log.warning("the Redis password file %s is readable by others (mode %o)", path, mode)
-    return text
+    """The Redis password in ``path``; ``ConfigError`` naming ``hub.backplane_password_file``
+    when it is unreadable or empty (a warning when others may read it)."""
+    return read_secret_file(path, what="Redis password", key="hub.backplane_password_file")
