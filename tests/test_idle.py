@@ -206,6 +206,40 @@ async def test_preload_loads_the_media_stack_before_ready(tmp_path: Path) -> Non
             await running
 
 
+async def test_a_snapshot_rule_loads_the_media_stack_when_it_fires(tmp_path: Path) -> None:
+    settings = agent_settings(tmp_path).model_copy(
+        update={
+            "events": Settings.model_validate({
+                "events": [{
+                    "name": "ring",
+                    "trigger": {"type": "manual"},
+                    "actions": [{"type": "snapshot"}, {"type": "post"}],
+                }],
+            }).events,
+        }
+    )  # fmt: skip
+    agent = Agent(settings, notifier=Notifier(None))
+    running = asyncio.create_task(agent.run())
+    try:
+        async with asyncio.timeout(WAIT):
+            await agent.wait_connected()
+        assert agent.hub is not None
+        assert agent.calls is not None
+        assert agent.sensing is not None
+        assert not agent.calls.loaded
+        watcher, inbox = await caller(agent.hub, "watcher")
+        assert agent.sensing.engine.trigger("ring").value == "fired"
+        posted = await inbox.wait_for("message", sender=agent.client.user_id)
+        assert posted.message["snapshot"]  # a link to the picture the camera took
+        assert agent.calls.loaded
+        assert agent.media is not None
+        await watcher.close_realtime()
+    finally:
+        agent.request_stop()
+        async with asyncio.timeout(WAIT):
+            await running
+
+
 async def test_a_stack_that_cannot_load_refuses_calls_and_says_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
