@@ -274,6 +274,32 @@ async def test_a_stack_that_cannot_load_refuses_calls_and_says_why(
     assert agent.failed_part is None  # the agent itself kept running
 
 
+async def test_calls_disabled_are_refused_without_loading_the_stack(tmp_path: Path) -> None:
+    agent = Agent(agent_settings(tmp_path, enabled=False), notifier=Notifier(None))
+    running = asyncio.create_task(agent.run())
+    try:
+        async with asyncio.timeout(WAIT):
+            await agent.wait_connected()
+        assert agent.hub is not None
+        alice, _ = await caller(agent.hub)
+        device = await asyncio.to_thread(agent.hub.accounts.get_by_name, "porch")
+        listing = await alice.get_realtime_users(GROUP, device.user_id)
+        connector = await alice.connect_rtc(
+            cid=listing["list"][0]["connection_id"], media=None, callback=Viewer()
+        )
+        with pytest.raises(CallEndedError):
+            async with asyncio.timeout(WAIT):
+                await connector.connection
+        assert agent.calls is not None
+        assert not agent.calls.loaded
+        assert "edge_agent_calls_active" not in agent._render_metrics()
+        await alice.close_realtime()
+    finally:
+        agent.request_stop()
+        async with asyncio.timeout(WAIT):
+            await running
+
+
 async def test_the_factory_of_calls_is_set_before_they_exist() -> None:
     client = RealtimeClient("ws://127.0.0.1:9/ws", token="t")
     client.use_rtc_factory(factory := PeerFactory(LOOPBACK))

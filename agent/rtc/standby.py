@@ -13,7 +13,8 @@ ports and the control socket meanwhile. Frames that arrive in between are kept i
 (up to ``MAX_PENDING``) and handed to the calls engine once it exists: the first offer and
 the candidates trickled after it are answered as if the stack had been there. A stack that
 cannot be loaded (a broken install, a hooked library of the wrong version) is said once in
-the log and in the status; every call after that is refused with ``hungup`` at once.
+the log and in the status; every call after that is refused with ``hungup`` at once, as
+is every call while ``[calls] enabled = false`` (nothing loads for them then).
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ class CallStandby:
         Args:
             client: The agent's realtime client (also the desk's).
             device: This device's name.
-            calls: ``[calls]``; with ``enabled = false`` calls are refused once loaded.
+            calls: ``[calls]``; with ``enabled = false`` calls are refused (``hungup``)
+                and nothing loads for them.
             video: ``[video]``, the camera.
             audio: ``[audio]``, the microphone and talk-back.
             accounts: The embedded hub's accounts, for callers' names and roles (None: ask
@@ -243,8 +245,8 @@ class CallStandby:
 
     def _on_frame(self, frame: HubFrame) -> None:
         """An ``#rtc`` frame before the engine exists (on the client's reader: no waiting)."""
-        if self.failure is not None:
-            self._refuse([frame])
+        if self.failure is not None or not self._settings[0].enabled:
+            self._refuse([frame])  # calls off: refused without loading anything for them
             return
         if len(self._pending) >= MAX_PENDING:
             if not self._overflowed:
