@@ -324,15 +324,10 @@ def _cmd_hub(args: argparse.Namespace) -> int:
 
 def _cmd_hub_migrate(args: argparse.Namespace) -> int:
     from agent.hub.records import HUB_SCHEMAS
-    from agent.hub.snapshots import SnapshotStore
-    from agent.push.store import SubscriptionStore
 
-    with _records(args) as records:  # opening a store applies what it is missing
+    with _records(args) as records:  # opening them migrates the accounts (and a database)
+        records.migrate()
         where = records.where
-        if isinstance(records.push, Path):  # SQLite: each store has its own file
-            SubscriptionStore(records.push).close()
-        if isinstance(records.snapshots, Path):
-            SnapshotStore(records.snapshots).close()
     names = ", ".join(schema.domain for schema in HUB_SCHEMAS)
     print(f"{where}: up to date ({names})")
     return EXIT_OK

@@ -18,11 +18,11 @@ Events are ordered by when they happened as the device says, unless its clock is
 plausible (a board without a real-time clock before NTP has run), then by when the hub
 got them (:func:`event_time`).
 
-Storage is the small interface :class:`EventStore`; :class:`SqliteEventStore` keeps it
-in ``events.db`` in the state directory (mode 0600). Its SQL is portable on purpose
-(``INSERT ... ON CONFLICT``, keyset paging with ``LIMIT``/``OFFSET``, no SQLite-only
-functions), so a PostgreSQL store implements the interface with the same statements
-(``%s`` placeholders aside) and the same numbered schema steps (:data:`SCHEMA`).
+Storage is the small interface :class:`EventStore`; :class:`DatabaseEventStore` keeps it
+in an :class:`agent.database.Database`: ``events.db`` in the state directory (mode 0600),
+or the PostgreSQL database the hub nodes share, so that every node lists every device's
+events. Its SQL is portable (``INSERT ... ON CONFLICT``, keyset paging, no SQLite-only
+functions) and its tables come from the numbered migrations of :data:`EVENTS_SCHEMA`.
 """
 
 from __future__ import annotations
@@ -31,23 +31,24 @@ import dataclasses
 import json
 import math
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeGuard
 
-from agent.storage import PrivateDatabase
+from agent.database import Database, Migration, Schema, SqliteDatabase, Tx, migrate
 
 __all__ = [
     "EVENTS_FILE",
-    "SCHEMA",
+    "EVENTS_SCHEMA",
+    "DatabaseEventStore",
     "DevicePresence",
     "EventPage",
     "EventQuery",
     "EventRecord",
     "EventStore",
     "Retention",
-    "SqliteEventStore",
     "cursor_of",
     "event_post",
     "event_time",
@@ -65,37 +66,45 @@ _MAX_POST_ID: Final = 128
 _CLOCK_BEHIND: Final = 7 * 86400.0  # events wait in the agent's outbox through outages
 _CLOCK_AHEAD: Final = 300.0
 
-# Numbered schema steps: a store applies those above the version it has. Portable SQL.
-SCHEMA: Final[tuple[tuple[str, ...], ...]] = (
+EVENTS_SCHEMA: Final = Schema(
+    "events",
     (
-        """CREATE TABLE events (
-            id INTEGER PRIMARY KEY,
-            device_id TEXT NOT NULL,
-            device TEXT NOT NULL,
-            name TEXT NOT NULL,
-            trigger_kind TEXT NOT NULL,
-            device_time DOUBLE PRECISION NOT NULL,
-            happened_at DOUBLE PRECISION NOT NULL,
-            received_at DOUBLE PRECISION NOT NULL,
-            snapshot TEXT,
-            body TEXT NOT NULL
-        )""",
-        "CREATE UNIQUE INDEX events_once ON events (device_id, name, device_time)",
-        "CREATE INDEX events_by_time ON events (happened_at, id)",
-        "CREATE INDEX events_by_device ON events (device, happened_at)",
-        """CREATE TABLE event_groups (
-            event_id INTEGER NOT NULL,
-            group_name TEXT NOT NULL,
-            happened_at DOUBLE PRECISION NOT NULL,
-            PRIMARY KEY (event_id, group_name)
-        )""",
-        "CREATE INDEX event_groups_by_group ON event_groups (group_name, happened_at, event_id)",
-        """CREATE TABLE device_presence (
-            device_id TEXT PRIMARY KEY,
-            device TEXT NOT NULL,
-            online INTEGER NOT NULL,
-            since DOUBLE PRECISION NOT NULL
-        )""",
+        Migration(
+            1,
+            "event history and device presence",
+            (
+                """CREATE TABLE IF NOT EXISTS events (
+                    id {serial},
+                    device_id TEXT NOT NULL,
+                    device TEXT NOT NULL,
+                    name TEXT NOT NULL,
+                    trigger_kind TEXT NOT NULL,
+                    device_time {real} NOT NULL,
+                    happened_at {real} NOT NULL,
+                    received_at {real} NOT NULL,
+                    snapshot TEXT,
+                    body TEXT NOT NULL
+                )""",
+                "CREATE UNIQUE INDEX IF NOT EXISTS events_once "
+                "ON events (device_id, name, device_time)",
+                "CREATE INDEX IF NOT EXISTS events_by_time ON events (happened_at, id)",
+                "CREATE INDEX IF NOT EXISTS events_by_device ON events (device, happened_at)",
+                """CREATE TABLE IF NOT EXISTS event_groups (
+                    event_id BIGINT NOT NULL,
+                    group_name TEXT NOT NULL,
+                    happened_at {real} NOT NULL,
+                    PRIMARY KEY (event_id, group_name)
+                )""",
+                "CREATE INDEX IF NOT EXISTS event_groups_by_group "
+                "ON event_groups (group_name, happened_at, event_id)",
+                """CREATE TABLE IF NOT EXISTS device_presence (
+                    device_id TEXT PRIMARY KEY,
+                    device TEXT NOT NULL,
+                    online INTEGER NOT NULL,
+                    since {real} NOT NULL
+                )""",
+            ),
+        ),
     ),
 )
 
@@ -267,20 +276,14 @@ def parse_cursor(text: str) -> tuple[float, int]:
     return parsed
 
 
-class SqliteEventStore:
-    """:class:`EventStore` in one SQLite file; every call holds the database's lock."""
+class DatabaseEventStore:
+    """:class:`EventStore` in a :class:`~agent.database.Database` (a path: an SQLite file)."""
 
-    def __init__(self, path: Path, *, retention: Callable[[str], Retention]) -> None:
-        self._db = PrivateDatabase(path, synchronous="NORMAL")
+    def __init__(self, database: Database | Path, *, retention: Callable[[str], Retention]) -> None:
+        self._db = SqliteDatabase(database) if isinstance(database, Path) else database
+        self._owns_database = isinstance(database, Path)  # else the caller closes it
         self._retention = retention
-        with self._db.transaction() as sql:
-            sql.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = sql.execute("SELECT MAX(version) FROM schema_version").fetchone()
-            version = row[0] or 0
-            for number, steps in enumerate(SCHEMA[version:], start=version + 1):
-                for step in steps:
-                    sql.execute(step)
-                sql.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+        migrate(self._db, EVENTS_SCHEMA, now=time.time())
 
     def add(self, records: Sequence[EventRecord]) -> int:
         """See :meth:`EventStore.add`."""
@@ -305,10 +308,10 @@ class SqliteEventStore:
             f" received_at, snapshot, body FROM events e WHERE {where}"
             " ORDER BY happened_at DESC, id DESC LIMIT ?"
         )
-        with self._db.lock:
-            rows = self._db.connection.execute(statement, (*params, limit + 1)).fetchall()
+        with self._db.read() as sql:
+            rows = sql.execute(statement, (*params, limit + 1)).fetchall()
             records = [_record(row) for row in rows[:limit]]
-            memberships = _groups_of(self._db.connection, [r.id for r in records if r.id])
+            memberships = _groups_of(sql, [r.id for r in records if r.id])
         shown = set(query.groups) if query.groups is not None else None
         records = [_with_groups(r, memberships.get(r.id or 0, ()), shown) for r in records]
         more = len(rows) > limit
@@ -316,8 +319,8 @@ class SqliteEventStore:
 
     def groups(self) -> list[str]:
         """See :meth:`EventStore.groups`."""
-        with self._db.lock:
-            rows = self._db.connection.execute(
+        with self._db.read() as sql:
+            rows = sql.execute(
                 "SELECT DISTINCT group_name FROM event_groups ORDER BY group_name"
             ).fetchall()
         return [row[0] for row in rows]
@@ -326,7 +329,10 @@ class SqliteEventStore:
         """See :meth:`EventStore.prune`."""
         with self._db.transaction() as sql:
             before = sql.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-            groups = [row[0] for row in sql.execute("SELECT DISTINCT group_name FROM event_groups")]
+            groups = [
+                row[0]
+                for row in sql.execute("SELECT DISTINCT group_name FROM event_groups").fetchall()
+            ]
             for group in groups:
                 bounds = self._retention(group)
                 sql.execute(
@@ -351,21 +357,22 @@ class SqliteEventStore:
 
     def presences(self) -> list[DevicePresence]:
         """See :meth:`EventStore.presences`."""
-        with self._db.lock:
-            rows = self._db.connection.execute(
+        with self._db.read() as sql:
+            rows = sql.execute(
                 "SELECT device_id, device, online, since FROM device_presence"
             ).fetchall()
         return [DevicePresence(row[0], row[1], bool(row[2]), float(row[3])) for row in rows]
 
     def close(self) -> None:
-        """Close the database."""
-        self._db.close()
+        """Close the database, if this store opened it."""
+        if self._owns_database:
+            self._db.close()
 
 
 # -- SQL helpers (each runs inside the caller's transaction or lock) ------------------------
 
 
-def _insert(sql: Any, record: EventRecord) -> int:
+def _insert(sql: Tx, record: EventRecord) -> int:
     body = json.dumps(
         {
             "at": record.at,
@@ -409,7 +416,7 @@ def _insert(sql: Any, record: EventRecord) -> int:
     return 1 if inserted else 0
 
 
-def _cut_to_count(sql: Any, group: str, keep: int) -> None:
+def _cut_to_count(sql: Tx, group: str, keep: int) -> None:
     """Keep the newest ``keep`` events of ``group`` (keyset: no engine-specific LIMIT -1)."""
     oldest_kept = sql.execute(
         "SELECT happened_at, event_id FROM event_groups WHERE group_name = ?"
@@ -425,7 +432,7 @@ def _cut_to_count(sql: Any, group: str, keep: int) -> None:
         )
 
 
-def _drop_orphans(sql: Any) -> None:
+def _drop_orphans(sql: Tx) -> None:
     sql.execute(
         "DELETE FROM events WHERE NOT EXISTS"
         " (SELECT 1 FROM event_groups g WHERE g.event_id = events.id)"
@@ -459,7 +466,7 @@ def _conditions(query: EventQuery) -> tuple[str, list[Any]]:
     return " AND ".join(clauses), params
 
 
-def _groups_of(connection: Any, ids: list[int]) -> dict[int, tuple[str, ...]]:
+def _groups_of(connection: Tx, ids: list[int]) -> dict[int, tuple[str, ...]]:
     if not ids:
         return {}
     marks = ", ".join("?" for _ in ids)

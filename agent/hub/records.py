@@ -1,8 +1,9 @@
 """The hub's records, opened on the engine its settings name: SQLite files or PostgreSQL.
 
 ``[hub] database = "sqlite"`` (the default) keeps each store in its own private file in the
-state directory (``accounts.db``, ``push.db``, ``snapshots.db``) and the hub's own secrets
-as files (``jwt-secret``, ``vapid-private-key.pem``): one hub process, nothing to set up.
+state directory (``accounts.db``, ``push.db``, ``snapshots.db``, ``events.db``) and the
+hub's own secrets as files (``jwt-secret``, ``vapid-private-key.pem``): one hub process,
+nothing to set up.
 
 ``[hub] database = "postgresql://..."`` keeps every store and both secrets in that one
 database, which several hub nodes share: a token issued by any node is good on every node,
@@ -31,9 +32,11 @@ from agent.database import (
     Migration,
     PostgresDatabase,
     SecretStore,
+    SqliteDatabase,
     migrate,
 )
 from agent.hub.accounts import ACCOUNTS_FILE, ACCOUNTS_SCHEMA, AccountStore
+from agent.hub.history import EVENTS_FILE, EVENTS_SCHEMA
 from agent.hub.snapshots import SNAPSHOTS_SCHEMA
 from agent.push.store import PUSH_DB_FILE, PUSH_SCHEMA
 from agent.statedir import read_secret_file
@@ -44,7 +47,13 @@ if TYPE_CHECKING:
 __all__ = ["HUB_SCHEMAS", "SNAPSHOTS_FILE", "HubRecords", "migrate_all", "open_records"]
 
 SNAPSHOTS_FILE: Final = "snapshots.db"
-HUB_SCHEMAS: Final = (ACCOUNTS_SCHEMA, PUSH_SCHEMA, SNAPSHOTS_SCHEMA, SECRETS_SCHEMA)
+HUB_SCHEMAS: Final = (
+    ACCOUNTS_SCHEMA,
+    PUSH_SCHEMA,
+    SNAPSHOTS_SCHEMA,
+    EVENTS_SCHEMA,
+    SECRETS_SCHEMA,
+)
 
 
 @dataclass
@@ -54,10 +63,26 @@ class HubRecords:
     accounts: AccountStore
     push: Database | Path  # a path: push.db, opened by the push service itself
     snapshots: Database | Path
+    events: Database | Path
     secrets: SecretStore
     shared: bool  # several hub nodes may use these records at once
     where: str  # for messages: the state directory or the database URL (no password)
     _owned: list[Database] = field(default_factory=list)
+
+    def migrate(self) -> None:
+        """Bring every store's tables up to date without opening the stores."""
+        for place, schema in (
+            (self.push, PUSH_SCHEMA),
+            (self.snapshots, SNAPSHOTS_SCHEMA),
+            (self.events, EVENTS_SCHEMA),
+        ):
+            if isinstance(place, Path):  # SQLite: one file per store
+                database = SqliteDatabase(place)
+                try:
+                    migrate(database, schema, now=time.time())
+                finally:
+                    database.close()
+        # The accounts were migrated when they were opened, and a shared database whole.
 
     def close(self) -> None:
         """Close what was opened here (the stores close their own SQLite files)."""
@@ -73,6 +98,7 @@ def open_records(hub: HubSettings, state_dir: Path) -> HubRecords:
             accounts=AccountStore(state_dir / ACCOUNTS_FILE),
             push=state_dir / PUSH_DB_FILE,
             snapshots=state_dir / SNAPSHOTS_FILE,
+            events=state_dir / EVENTS_FILE,
             secrets=FileSecrets(state_dir),
             shared=False,
             where=str(state_dir),
@@ -88,6 +114,7 @@ def open_records(hub: HubSettings, state_dir: Path) -> HubRecords:
         accounts=accounts,
         push=database,
         snapshots=database,
+        events=database,
         secrets=DatabaseSecrets(database),
         shared=True,
         where=database.where,

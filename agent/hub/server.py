@@ -34,7 +34,7 @@ from agent.hub.app import STATIC_DIR, HubApplication, HubServices
 from agent.hub.backplane import Backplane, backplane_for
 from agent.hub.devices_api import IceServerItem
 from agent.hub.events_api import EventsService
-from agent.hub.history import EVENTS_FILE, SqliteEventStore
+from agent.hub.history import DatabaseEventStore
 from agent.hub.login import LoginGuard
 from agent.hub.metrics import HubMetrics
 from agent.hub.recorder import HistoryRecorder
@@ -239,7 +239,7 @@ class HubServer:
         events = settings.hub.events
         if not events.enabled:
             return None
-        store = SqliteEventStore(self.state_dir / EVENTS_FILE, retention=events.retention)
+        store = DatabaseEventStore(self.records.events, retention=events.retention)
         return HistoryRecorder(store, self.access, connected=self._has_connections)
 
     async def _has_connections(self, user_id: str) -> bool:

@@ -29,6 +29,7 @@ from agent.database import (
 )
 from agent.errors import AccountError, ConfigError
 from agent.hub.accounts import ACCOUNTS_SCHEMA, AccountStore, Role
+from agent.hub.history import EventRecord
 from agent.hub.records import migrate_all
 from agent.hub.server import HubServer
 from agent.push.message import PushMessage
@@ -61,12 +62,13 @@ def test_migrations_apply_once_and_refuse_a_newer_database(database: Database) -
         ("push", 1),
         ("push", 2),
         ("snapshots", 1),
+        ("events", 1),
         ("secrets", 1),
     ]
     assert migrate_all(database) == []
     with database.read() as tx:
         rows = tx.execute("SELECT domain, version FROM schema_migrations").fetchall()
-    assert len(rows) == 6
+    assert len(rows) == 7
     with database.transaction() as tx:
         tx.execute(
             "INSERT INTO schema_migrations (domain, version, name, applied_at) "
@@ -243,6 +245,16 @@ async def test_hub_nodes_on_one_database_share_tokens_accounts_and_snapshots(
                 for node in nodes
             ]
             assert keys[0] == keys[1]
+            # An event recorded by node 0 is listed by node 1: the history is shared too.
+            assert first.history is not None
+            now = time.time()
+            record = EventRecord(
+                device_id=cam.user_id, device="cam", name="ring", trigger="manual",
+                device_time=now, time=now, received=now, groups=("home",),
+            )  # fmt: skip
+            assert await asyncio.to_thread(first.history.store.add, [record]) == 1
+            listed = await http.get(f"{second.http_url}/api/events")
+            assert [e["name"] for e in listed.json()["list"]] == ["ring"]
             # Removed through node 1: the connection on node 0 closes (the next poll).
             removed = await http.delete(f"{second.http_url}/api/accounts/cam")
             assert removed.status_code == 204
@@ -265,7 +277,7 @@ def test_the_migrate_command_and_config_show(postgres: PostgresServer, tmp_path:
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert migrated.returncode == 0, migrated.stderr
-    assert "up to date (accounts, push, snapshots, secrets)" in migrated.stdout
+    assert "up to date (accounts, push, snapshots, events, secrets)" in migrated.stdout
     assert PASSWORD not in migrated.stdout + migrated.stderr
     shown = subprocess.run(
         [*run, "config", "show"], env=env, capture_output=True, text=True, timeout=120,

@@ -18,9 +18,9 @@ from agent.config import HubEventSettings, Settings
 from agent.errors import Codes
 from agent.hub.accounts import Role
 from agent.hub.history import (
+    DatabaseEventStore,
     EventQuery,
     EventRecord,
-    SqliteEventStore,
     event_post,
     event_time,
     parse_cursor,
@@ -310,7 +310,7 @@ def test_each_group_keeps_its_own_bounds(tmp_path: Path) -> None:
     settings = HubEventSettings(
         max_events=3, max_age="1h", groups={"porch": {"max_events": 1, "max_age": "1d"}}
     )
-    store = SqliteEventStore(tmp_path / "events.db", retention=settings.retention)
+    store = DatabaseEventStore(tmp_path / "events.db", retention=settings.retention)
     now = 1_000_000.0
     try:
         store.add([_record(f"h{n}", now - 100 + n, ("home",)) for n in range(5)])
@@ -390,7 +390,7 @@ def _record(name: str, when: float, groups: tuple[str, ...]) -> EventRecord:
     return EventRecord("d", "porch", name, "manual", when, when, when, groups=groups)
 
 
-def _listed(store: SqliteEventStore, groups: tuple[str, ...] | None) -> list[str]:
+def _listed(store: DatabaseEventStore, groups: tuple[str, ...] | None) -> list[str]:
     return [r.name for r in store.page(EventQuery(groups, limit=100)).items]
 
 
