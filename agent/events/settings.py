@@ -36,6 +36,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agent.durations import parse_duration
 from agent.events.templates import template_names
 from agent.sensors.settings import Framing, SerialPortSettings
 
@@ -306,9 +307,6 @@ class EventRule(_Model):
     @classmethod
     def _duration(cls, value: Any) -> Any:
         if isinstance(value, str):
-            # Imported here: agent.config imports this module to build its schema.
-            from agent.config import parse_duration
-
             return parse_duration(value)
         return value
 
