@@ -6,10 +6,23 @@
      ├── ConfigError        file, key and line of a bad setting
      ├── AccountError       duplicate name, bad password input, bad grant
      │    └── AccountNotFoundError  no account of that name (``name``)
-     └── AuthError          a token or password that is missing, bad or expired (``reason``)
+     ├── AuthError          a token or password that is missing, bad or expired (``reason``)
+     │
+     │   each subsystem's own base, in its ``errors`` module:
+     ├── MediaError         (agent.media.errors) EncoderUnavailableError;
+     │                      BitstreamError (also a ValueError: bytes that cannot be split)
+     ├── PushError          (agent.push.errors) VapidKeyError; QueueFullError (push.queue)
+     ├── SensorError        (agent.sensors.errors) UnknownPortError, SerialWriteError
+     ├── EventError         (agent.events.errors) UnknownRuleError, ControlError, LinkDownError
+     ├── StackLoadError     (agent.rtc.errors) the media stack cannot be loaded
+     └── BackplaneError     (agent.hub.backplane) BackplaneDown (its Redis is away)
+    RealtimeError also roots CallEndedError (agent.rtc.errors) and HubRequestError
+    (agent.push.errors), which carry the reference's codes.
 
-The reference API's codes and texts are kept exactly (see ``Texts``), so code written
-against the reference reads the same in Python.
+A frame the hub cannot accept is not an exception: :class:`agent.protocol.ProtocolError` is
+the value the pure parser returns, answered as ``#error``. The reference API's codes and
+texts are kept exactly (see ``Texts``), so code written against the reference reads the
+same in Python.
 """
 
 from __future__ import annotations

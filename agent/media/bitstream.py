@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agent.media.errors import MediaError
+
 __all__ = [
     "START_CODE",
     "AccessUnit",
@@ -48,7 +50,7 @@ _VCL = frozenset({NalType.SLICE, 2, 3, 4, NalType.IDR})
 _STARTS_AU = frozenset({NalType.AUD, NalType.SPS, NalType.PPS, NalType.SEI, 14, 15, 16, 17, 18})
 
 
-class BitstreamError(ValueError):
+class BitstreamError(MediaError, ValueError):
     """A byte stream that cannot be split (no boundary within the size limit)."""
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from agent.database import Tx
+from agent.push.errors import PushError
 from agent.push.message import PushMessage, Urgency
 from agent.push.store import StoredSubscription, SubscriptionStore
 from agent.push.subscriptions import Subscription
@@ -51,7 +52,7 @@ _COLUMNS: Final = (
 )
 
 
-class QueueFullError(Exception):
+class QueueFullError(PushError):
     """The queue holds ``max_rows`` deliveries already."""
 
 
