@@ -24,19 +24,36 @@ signatures at definition time, and they name the injected dependency, a local va
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Protocol
 
 from fastapi import Depends, FastAPI, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.routing import Mount
 
 from agent.hub.access import Access
-from agent.hub.accounts import Account, Role
+from agent.hub.accounts import Account, AccountStore, Role
 from agent.hub.backplane import Backplane, Member
 from agent.protocol import CID_PREFIX
 
 if TYPE_CHECKING:
-    from agent.hub.app import HubServices
+    from agent.hub.turn import IceServerSource
+
+
+class DeviceServices(Protocol):
+    """What these routes need of the hub (``agent.hub.app.HubServices`` has it)."""
+
+    @property
+    def backplane(self) -> Backplane:
+        """Presence: who is connected, in which groups."""
+
+    @property
+    def accounts(self) -> AccountStore:
+        """Names and roles of the connected accounts."""
+
+    @property
+    def ice(self) -> "IceServerSource | None":
+        """Where the viewer gets ICE servers, if the hub mints TURN credentials."""
+
 
 __all__ = [
     "DEFAULT_VIEWER_GROUPS",
@@ -102,7 +119,7 @@ class _Online:
 
 def add_device_routes(
     app: FastAPI,
-    services: "HubServices",
+    services: DeviceServices,
     *,
     current_account: Callable[..., Awaitable[Account]],
     ice_servers: Sequence[IceServerItem] = (),
@@ -148,7 +165,7 @@ def has_device_routes(app: FastAPI) -> bool:
 
 
 async def online_devices(
-    services: "HubServices", caller: Account, *, only_group: str | None = None
+    services: DeviceServices, caller: Account, *, only_group: str | None = None
 ) -> list[DeviceItem]:
     """The devices sharing a group with one of ``caller``'s connections, by name."""
     backplane = services.backplane
@@ -202,7 +219,7 @@ def _collect(by_group: Iterable[tuple[str, list[Member]]], *, exclude: str) -> l
     ]
 
 
-def _roles_of(services: "HubServices", user_ids: Iterable[str]) -> dict[str, tuple[str, Role]]:
+def _roles_of(services: DeviceServices, user_ids: Iterable[str]) -> dict[str, tuple[str, Role]]:
     """Name and role of each account that still exists (sqlite: run in a thread)."""
     found: dict[str, tuple[str, Role]] = {}
     for user_id in user_ids:

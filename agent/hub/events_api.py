@@ -30,20 +30,35 @@ import datetime
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Final
+from typing import Annotated, Any, Final, Protocol
 
 from fastapi import Depends, FastAPI, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import Codes, RealtimeError
 from agent.hub.access import Access
-from agent.hub.accounts import Account, Role
+from agent.hub.accounts import Account, AccountStore, Role
+from agent.hub.backplane import Backplane
 from agent.hub.history import EventQuery, EventRecord, parse_cursor
 from agent.hub.recorder import TELEMETRY_WINDOW, HistoryRecorder
 from agent.protocol import CID_PREFIX
 
-if TYPE_CHECKING:
-    from agent.hub.app import HubServices
+
+class HistoryServices(Protocol):
+    """What these routes need of the hub (``agent.hub.app.HubServices`` has it)."""
+
+    @property
+    def events(self) -> "EventsService | None":
+        """The history and its recorder, when the hub keeps one."""
+
+    @property
+    def accounts(self) -> AccountStore:
+        """The accounts, for the devices a caller may see."""
+
+    @property
+    def backplane(self) -> Backplane:
+        """Presence, for which devices are online."""
+
 
 __all__ = [
     "EVENTS_PATH",
@@ -154,7 +169,7 @@ class TelemetrySeries(BaseModel):
 
 def add_event_routes(
     app: FastAPI,
-    services: "HubServices",
+    services: HistoryServices,
     *,
     current_account: Callable[..., Awaitable[Account]],
 ) -> None:
@@ -287,7 +302,7 @@ def _cursor(start_key: str | None) -> tuple[float, int] | None:
         raise RealtimeError(Codes.INVALID_PARAMETER, f'"startKey": {exc}.') from None
 
 
-async def _visible_devices(services: "HubServices", access: Access) -> list[Account]:
+async def _visible_devices(services: HistoryServices, access: Access) -> list[Account]:
     accounts = await asyncio.to_thread(services.accounts.list)
     return [
         a
@@ -298,7 +313,7 @@ async def _visible_devices(services: "HubServices", access: Access) -> list[Acco
 
 
 async def _tile(
-    services: "HubServices",
+    services: HistoryServices,
     recorder: HistoryRecorder,
     access: Access,
     groups: tuple[str, ...] | None,
