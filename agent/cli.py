@@ -136,7 +136,7 @@ def _add_run(commands: _Commands) -> None:
     run = commands.add_parser(
         "run", parents=_options(), help="run the agent (an embedded hub without connect.url)"
     )
-    _listen_options(run, "the embedded hub and viewer")
+    _listen_options(run, "the embedded hub (and viewer)")
     run.set_defaults(handler=_cmd_run)
 
 
