@@ -305,10 +305,12 @@ def _ttl(text: str) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    settings = _load(args, state_dir=args.state_dir, hub__host=args.host, hub__port=args.port)
+    overrides = {"state_dir": args.state_dir, "hub__host": args.host, "hub__port": args.port}
+    settings = _load(args, **overrides)
     from agent.daemon import run_agent  # lazy: the daemon pulls in media and rtc
 
-    return run_agent(settings, config_path=args.config)
+    # A reload (SIGHUP) applies the same command-line settings again.
+    return run_agent(settings, config_path=args.config, overrides=overrides)
 
 
 def _cmd_hub(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ import secrets
 import signal
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -460,13 +460,23 @@ class Agent:
             await self.metrics.close()
 
 
-def run_agent(settings: Settings, *, config_path: Path | None = None) -> int:
-    """Run the agent until SIGTERM or SIGINT; returns the process exit code."""
+def run_agent(
+    settings: Settings,
+    *,
+    config_path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> int:
+    """Run the agent until SIGTERM or SIGINT; returns the process exit code.
+
+    ``overrides`` are the command line's settings (``--state-dir``, ``--port``, ...): a
+    reload (SIGHUP) reads the file and the environment again and applies them on top, as
+    the start did.
+    """
 
     def reload_settings() -> Settings:
         from agent.config import load_settings
 
-        return load_settings(config_path)
+        return load_settings(config_path, **(overrides or {}))
 
     agent = Agent(settings, config_path=config_path, reload_settings=reload_settings)
     try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import os
 import re
 import signal
@@ -272,6 +274,49 @@ async def test_sighup_reload_restarts_serial_ports_and_rules(tmp_path: Path) -> 
         agent.request_stop()
         async with asyncio.timeout(30):
             await running
+
+
+async def test_a_reload_keeps_the_command_line_settings(tmp_path: Path) -> None:
+    state = tmp_path / "from-the-command-line"
+    config = tmp_path / "agent.toml"
+
+    def write(port_name: str) -> None:
+        config.write_text(
+            'name = "bench"\n[metrics]\nenabled = false\n'
+            f'[[serial]]\nname = "{port_name}"\nport = "{tmp_path / "missing-tty"}"\n'
+        )
+
+    write("left")
+    env = clean_env(tmp_path)
+    agent = await start(
+        "run", "--config", str(config), "--state-dir", str(state), "--port", "0", env=env
+    )
+    try:
+        await read_url(agent, "stdout")
+
+        async def ports() -> set[str]:
+            status = await start("status", "--json", "--state-dir", str(state), env=env)
+            out, _ = await status.communicate()
+            if status.returncode != 0:
+                return set()
+            return set(json.loads(out).get("sensors", {}))
+
+        async def until(wanted: set[str]) -> None:
+            # Another process's state: asked again until it reads so (bounded by the timeout).
+            async with asyncio.timeout(60):
+                for _ in itertools.count():
+                    if await ports() == wanted:
+                        return
+                    await asyncio.sleep(0.1)
+
+        await until({"left"})
+        write("right")
+        agent.send_signal(signal.SIGHUP)
+        # The reload restarts the ports in the same state directory, so the control socket
+        # is still where --state-dir put it.
+        await until({"right"})
+    finally:
+        assert await stop(agent) == 0
 
 
 async def test_motion_in_the_camera_image_fires_its_rule(tmp_path: Path) -> None:
