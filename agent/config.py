@@ -167,8 +167,8 @@ class TurnSettings(_Section):
     answer of ``GET /api/ice-servers`` carries a username and password good for ``ttl``.
     """
 
-    urls: Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = (
-        Field(min_length=1)
+    urls: Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = Field(
+        min_length=1
     )
     secret: SecretStr | None = None
     secret_file: OptionalUserPath = None
@@ -266,6 +266,8 @@ class HubSettings(_Section):
     # share the proxy's. Loopback by default, for a proxy on the same machine.
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
     login: HubLoginSettings = Field(default_factory=HubLoginSettings)
+    # The event history behind the viewer's timeline (GET /api/events) and device tiles.
+    events: HubEventSettings = Field(default_factory=HubEventSettings)
     # Where hub records live: "sqlite" (files in the state directory, one hub process) or a
     # postgresql:// URL that several hub nodes share. A password may sit in the URL or, better,
     # in database_password_file (both are secrets: redacted by `config show`, never logged).
@@ -276,8 +278,6 @@ class HubSettings(_Section):
     # URL or in backplane_password_file (secrets: redacted by `config show`, never logged).
     backplane: str = Field(default="memory", min_length=1)
     backplane_password_file: OptionalUserPath = None
-    # The event history behind the viewer's timeline (GET /api/events) and device tiles.
-    events: HubEventSettings = Field(default_factory=HubEventSettings)
 
     @field_validator("public_url")
     @classmethod
@@ -323,7 +323,6 @@ class HubSettings(_Section):
             missing = "tls_key" if self.tls_key is None else "tls_cert"
             raise ValueError(f"tls_cert and tls_key go together, and {missing} is not set")
         return self
-
 
     @model_validator(mode="after")
     def _backplane_password(self) -> HubSettings:
