@@ -44,7 +44,7 @@ from urllib.parse import parse_qs
 
 from agent.errors import AuthError, Codes, Texts
 from agent.hub.access import Access, AccessTable
-from agent.hub.accounts import Account, AccountStore
+from agent.hub.accounts import AccountStore
 from agent.hub.backplane import Backplane, Member
 from agent.hub.connection import ASGISend, Connection, ConnState
 from agent.hub.limits import CloseCode, LimitSettings
@@ -147,9 +147,6 @@ class RealtimeEndpoint:
 
     async def _open(self, scope: MutableMapping[str, Any], send: ASGISend) -> Connection:
         account = await self._authenticate(scope)
-        known = self._access.get(account.user_id)
-        if known is None or known != Access.of(account):
-            await self._access.refresh()  # a change the next poll would bring: bring it now
         member = Member(account.user_id, secrets.token_urlsafe(_SCID_BYTES), account.name)
         conn = Connection(member, send, limits=self._limits, metrics=self._metrics)
         cap = self._limits.max_connections_per_user
@@ -165,7 +162,7 @@ class RealtimeEndpoint:
             self.on_presence(member, True)
         return conn
 
-    async def _authenticate(self, scope: MutableMapping[str, Any]) -> Account:
+    async def _authenticate(self, scope: MutableMapping[str, Any]) -> Access:
         token = _token_of(scope)
         if not token:
             raise _unauthorized("A token is required: connect to /ws?token=JWT.")
@@ -173,7 +170,13 @@ class RealtimeEndpoint:
             claims = self._tokens.verify(token)
         except AuthError as exc:
             raise _unauthorized(exc.message) from exc
-        account = await asyncio.to_thread(self._accounts.get_by_id, claims.user_id)
+        # The access table answers without a database round trip (a fleet reconnecting
+        # after a restart pays this per connection); an account it does not know yet, or a
+        # generation it has not seen, is a change the next poll would bring: bring it now.
+        account = self._access.get(claims.user_id)
+        if account is None or account.token_generation != claims.generation:
+            await self._access.refresh()
+            account = self._access.get(claims.user_id)
         if account is None:
             raise _unauthorized("The token's account no longer exists.")
         if claims.generation != account.token_generation:
