@@ -1,7 +1,7 @@
 """The hub's durable queue of push deliveries: one row per message and subscription.
 
 A send the hub accepts is written here before the hub answers, in the same transaction as
-the alert's id (:meth:`SqliteDeliveryQueue.accept`), so an acknowledged alert is on disk and
+the alert's id (:meth:`DatabaseDeliveryQueue.accept`), so an acknowledged alert is on disk and
 a resent one is recognised. :class:`agent.push.service.PushService` claims due rows, sends
 them and records the outcome; rows outlive hub restarts and crashes.
 
@@ -12,7 +12,7 @@ row of an endpoint (its *head*) is ever claimed, so a push service that answers 
 
 Claims are leases: a claimed row carries ``leased_until`` and is not claimed again before
 then. A hub that owns its database alone (SQLite) clears every lease when it starts
-(:meth:`SqliteDeliveryQueue.release_leases`), so rows claimed by a crashed hub are sent
+(:meth:`DatabaseDeliveryQueue.release_leases`), so rows claimed by a crashed hub are sent
 again at once; on a database several nodes share (PostgreSQL) a dead node's leases simply
 run out, and a claim takes its rows with ``FOR UPDATE SKIP LOCKED``, so two nodes never
 claim the same row: each delivery goes out once, from whichever node claims it.
@@ -36,12 +36,12 @@ from agent.push.subscriptions import Subscription
 
 __all__ = [
     "Accepted",
+    "DatabaseDeliveryQueue",
     "Delivery",
     "DeliveryQueue",
     "NewSend",
     "QueueFullError",
     "QueueStats",
-    "SqliteDeliveryQueue",
 ]
 
 # The oldest row of every endpoint: the only one that may be sent now.
@@ -96,7 +96,7 @@ class QueueStats:
 
 
 class DeliveryQueue(Protocol):
-    """What the push service needs from the queue's storage (SQLite today)."""
+    """What the push service needs from the queue's storage (SQLite or PostgreSQL)."""
 
     def accept(
         self,
@@ -146,7 +146,7 @@ class DeliveryQueue(Protocol):
         ...
 
 
-class SqliteDeliveryQueue:
+class DatabaseDeliveryQueue:
     """The queue in the push database, beside the subscriptions (see the module docstring)."""
 
     def __init__(self, store: SubscriptionStore) -> None:

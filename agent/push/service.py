@@ -55,11 +55,11 @@ from agent.push.metrics import PushMetrics
 from agent.push.policy import PushOutcome, classify_push_status, next_attempt_delay
 from agent.push.queue import (
     Accepted,
+    DatabaseDeliveryQueue,
     Delivery,
     NewSend,
     QueueFullError,
     QueueStats,
-    SqliteDeliveryQueue,
 )
 from agent.push.recipients import AccountLike, Reaches, resolve_recipients
 from agent.push.sender import PushResponse, PushSender, WebPushSender, make_session
@@ -114,7 +114,7 @@ class PushService:
         self.settings = settings
         self.keys = keys
         self.store = store
-        self.queue = SqliteDeliveryQueue(store)
+        self.queue = DatabaseDeliveryQueue(store)
         self.metrics = PushMetrics()
         self._accounts = accounts
         # Whom a device may alert beyond [push] device_recipients: the hub sets its grant rule.

@@ -33,7 +33,7 @@ from agent.hub.history import EventRecord
 from agent.hub.records import migrate_all
 from agent.hub.server import HubServer
 from agent.push.message import PushMessage
-from agent.push.queue import SqliteDeliveryQueue
+from agent.push.queue import DatabaseDeliveryQueue
 from agent.push.store import SubscriptionStore
 from agent.push.subscriptions import Subscription
 
@@ -136,7 +136,7 @@ def test_two_nodes_never_claim_the_same_delivery(postgres: PostgresServer) -> No
     url = postgres.database()
     first, second = PostgresDatabase(url), PostgresDatabase(url)
     try:
-        queues = [SqliteDeliveryQueue(SubscriptionStore(db)) for db in (first, second)]
+        queues = [DatabaseDeliveryQueue(SubscriptionStore(db)) for db in (first, second)]
         store = SubscriptionStore(first)
         subs = []
         for n in range(60):

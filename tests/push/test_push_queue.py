@@ -15,7 +15,7 @@ from agent.errors import Codes
 from agent.hub.accounts import Role
 from agent.push.message import PushMessage, Urgency
 from agent.push.policy import next_attempt_delay
-from agent.push.queue import QueueFullError, SqliteDeliveryQueue
+from agent.push.queue import DatabaseDeliveryQueue, QueueFullError
 from agent.push.store import StoredSubscription, SubscriptionStore
 from agent.push.subscriptions import Subscription
 
@@ -61,15 +61,15 @@ def message(title: str, ttl: int = 60) -> PushMessage:
 
 
 @pytest.fixture
-def queue(tmp_path: Path) -> SqliteDeliveryQueue:
+def queue(tmp_path: Path) -> DatabaseDeliveryQueue:
     store = SubscriptionStore(tmp_path / "push.db")
     for n in (1, 2):
         store.add("u1", sub(n).subscription, max_per_user=10)
-    return SqliteDeliveryQueue(store)
+    return DatabaseDeliveryQueue(store)
 
 
 def test_an_alert_and_its_deliveries_are_committed_together_once(
-    queue: SqliteDeliveryQueue,
+    queue: DatabaseDeliveryQueue,
 ) -> None:
     subs = [sub(1), sub(2)]
     alert = ("door", "a1")
@@ -85,7 +85,7 @@ def test_an_alert_and_its_deliveries_are_committed_together_once(
 
 
 def test_only_the_oldest_row_of_each_subscription_is_claimed_and_leases_hold(
-    queue: SqliteDeliveryQueue,
+    queue: DatabaseDeliveryQueue,
 ) -> None:
     for title in ("one", "two", "three"):
         queue.accept([sub(1), sub(2)], message(title), now=10.0, max_rows=100)
@@ -122,7 +122,7 @@ def test_rows_of_a_removed_or_moved_subscription_are_dropped_not_sent(
     tmp_path: Path,
 ) -> None:
     store = SubscriptionStore(tmp_path / "push.db")
-    queue = SqliteDeliveryQueue(store)
+    queue = DatabaseDeliveryQueue(store)
     for n in (1, 2):
         store.add("u1", sub(n).subscription, max_per_user=10)
     queue.accept([sub(1), sub(2)], message("x"), now=1.0, max_rows=10)
@@ -132,7 +132,7 @@ def test_rows_of_a_removed_or_moved_subscription_are_dropped_not_sent(
     assert queue.stats().depth == 0
 
 
-def test_a_gone_subscription_takes_its_queued_rows_with_it(queue: SqliteDeliveryQueue) -> None:
+def test_a_gone_subscription_takes_its_queued_rows_with_it(queue: DatabaseDeliveryQueue) -> None:
     for title in ("one", "two"):
         queue.accept([sub(1), sub(2)], message(title), now=1.0, max_rows=10)
     endpoint = sub(1).subscription.endpoint
@@ -144,9 +144,9 @@ def test_a_gone_subscription_takes_its_queued_rows_with_it(queue: SqliteDelivery
 def test_the_queue_survives_reopening_the_file(tmp_path: Path) -> None:
     store = SubscriptionStore(tmp_path / "push.db")
     store.add("u1", sub(1).subscription, max_per_user=10)
-    SqliteDeliveryQueue(store).accept([sub(1)], message("kept"), now=1.0, max_rows=10)
+    DatabaseDeliveryQueue(store).accept([sub(1)], message("kept"), now=1.0, max_rows=10)
     store.close()
-    reopened = SqliteDeliveryQueue(SubscriptionStore(tmp_path / "push.db"))
+    reopened = DatabaseDeliveryQueue(SubscriptionStore(tmp_path / "push.db"))
     [delivery] = reopened.claim(2.0, 10, lease_seconds=30)
     assert delivery.message.payload == {"title": "kept", "body": ""}
 
