@@ -43,8 +43,12 @@ async def test_the_python_caller_gets_video_audio_and_data_through_the_relay(
         "turn:192.0.2.1:3478?transport=tcp",
     ]
     assert report["route"] == "relay"
-    assert report["local"] == "relay"
-    assert report["relay_protocol"] == "udp"
+    # Either relay carries it: the caller's own, or the device's (its allocation lets the
+    # caller's carrier-NAT address in, so a host candidate of the caller may win the race).
+    if report["local"] == "relay":
+        assert report["relay_protocol"] == "udp"
+    else:
+        assert report["remote"] == "relay", report
     # The device says so too: in `edge-agent status` and in its metrics.
     line = await _status_line(world, r"route (\w+)")
     assert line.group(1) == "relay"
