@@ -356,6 +356,9 @@ class Viewer:
         self.page = page
         self.url = url
         page.set_default_timeout(WAIT * 1000)
+        # Shown with a failing test's captured output: what the page itself said.
+        page.on("console", lambda m: print(f"page console {m.type}: {m.text}"))
+        page.on("pageerror", lambda e: print(f"page error: {e}"))
 
     async def open(self, query: str = "") -> None:
         """Load the viewer."""
