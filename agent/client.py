@@ -53,7 +53,6 @@ import inspect
 import io
 import json
 import logging
-import re
 import socket
 import ssl
 import weakref
@@ -67,6 +66,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from agent import retry
 from agent.errors import Codes, RealtimeError, Texts
+from agent.logs import redact
 from agent.messages import (
     DROPPED_CODE,
     MessageQueue,
@@ -129,7 +129,6 @@ _FETCH_KEYS: Final = {
     "ascending": "ascending",
 }
 _MAX_FRAME_BYTES: Final = Limits().max_frame_bytes
-_TOKEN_RE: Final = re.compile(r"(token=)[^&\s]+")
 
 
 class ConnectionState(enum.Enum):
@@ -937,7 +936,7 @@ class _RedactingLogger(logging.LoggerAdapter[logging.Logger]):
                 text = str(msg) % args if args else str(msg)
             except (TypeError, ValueError):
                 text = f"{msg} {args}"
-            self.logger.log(level, _TOKEN_RE.sub(r"\1********", text), **kwargs)
+            self.logger.log(level, redact(text), **kwargs)
 
 
 def _token_subject(token: str) -> str | None:

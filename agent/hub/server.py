@@ -17,7 +17,6 @@ import contextlib
 import errno
 import ipaddress
 import logging
-import re
 import signal
 import socket
 import ssl
@@ -42,6 +41,7 @@ from agent.hub.records import open_records
 from agent.hub.snapshots import SnapshotStore
 from agent.hub.tokens import TokenIssuer
 from agent.hub.turn import ice_server_source
+from agent.logs import redact
 from agent.push.service import PushService
 from agent.rtc.settings import IceServerSettings
 from agent.statedir import resolve_state_dir
@@ -65,7 +65,6 @@ _GRACEFUL_SHUTDOWN_SECONDS: Final = 3
 _BACKLOG: Final = 2048
 _REDACT_LOGGERS: Final = ("uvicorn.error", "uvicorn.access")
 _CONNECTION_CHATTER: Final = ("uvicorn.error", "websockets.server")
-_TOKEN_QUERY_RE: Final = re.compile(r"(token=)[^&\s]+")
 # Why a bind fails, and which of --host/--port (hub.host/hub.port) changes it.
 _BIND_FAILURES: Final = {
     errno.EADDRINUSE: ("the address is already in use", "port"),
@@ -370,11 +369,7 @@ class _RedactTokens(logging.Filter):
 
 
 def _redact(value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    if value.lower().startswith("bearer "):
-        return "Bearer ********"
-    return _TOKEN_QUERY_RE.sub(r"\1********", value)
+    return redact(value) if isinstance(value, str) else value
 
 
 def _install_log_redaction() -> None:
