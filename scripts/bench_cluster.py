@@ -4,15 +4,15 @@ Redis and PostgreSQL (as a cluster must run), the same members and workload, mea
 same run. Redis and PostgreSQL are started here on loopback ports in a temporary directory
 (PostgreSQL by tests/postgres.py, Debian's binaries) and removed after.
 
-Fan-out: M members of one group; in the cluster they are spread evenly over the three
-nodes and the sender is on the first. The workloads are ``bench_hub.py``'s (sequential
-messages, then bursts), and the single node and the cluster take turns message by message
-and burst by burst, so a load from other processes weighs on both alike. Figures per round:
-deliveries per second, p50/p99 latency (send -> each member received), CPU time per
-delivery (the cluster's is its three nodes plus redis-server; PostgreSQL has no part in
-routing a message, only in accounts, and is not counted), and for the cluster the
-Redis commands per delivery (``INFO commandstats``: EVALSHA calls, the round trips the
-nodes make, and every command including those the scripts run).
+Fan-out: M members of one group; in the cluster they are spread evenly over the three nodes
+and the sender is on the first. The workloads are ``bench_hub.py``'s, from ``_fanout.py``
+(sequential messages, then bursts), and the single node and the cluster take turns message
+by message and burst by burst, so a load from other processes weighs on both alike. Figures
+per round: deliveries per second, p50/p99 latency (send -> each member received), CPU time
+per delivery (the cluster's is its three nodes plus redis-server; PostgreSQL has no part in
+routing a message, only in accounts, and is not counted), and for the cluster the Redis
+commands per delivery (``INFO commandstats``: EVALSHA calls, the round trips the nodes make,
+and every command including those the scripts run).
 
 Memory: N idle connections (upgraded, not in a group) to a fresh single node, and N spread
 over three fresh nodes: each node's RSS after ``gc.collect()`` minus its RSS before the
@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import shutil
@@ -51,30 +50,25 @@ from typing import Final
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from _bench_ws import (  # noqa: E402
-    BenchError,
-    RawClient,
-    Tally,
-    abort_all,
-    encode_client_frame,
-    open_clients,
-)
-from bench_hub import (  # noqa: E402
-    GROUP,
-    WARM_CONNECTIONS,
+from _bench_ws import BenchError, RawClient, Tally, abort_all, open_clients  # noqa: E402
+from _fanout import (  # noqa: E402
+    ROUND_HEAD,
     WARM_MESSAGES,
     Round,
-    Server,
     Side,
-    _hub_broadcast,
-    _kill_started,
-    _marker,
-    _max_outbound,
-    _sync,
+    add_size_arguments,
+    fill_sizes,
+    idle_baseline,
+    join_group,
+    max_outbound,
     measure,
+    process_cpu_seconds,
     raise_nofile,
     sequential,
+    settled_rss,
+    spread,
 )
+from bench_hub import Server, run_benchmark  # noqa: E402
 from postgres import PostgresServer, postgres_server  # noqa: E402
 
 NODES: Final = 3
@@ -139,9 +133,7 @@ class Redis:
         return counts.get("cmdstat_evalsha", 0), sum(counts.values())
 
     def cpu_seconds(self) -> float:
-        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.proc.pid)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -196,35 +188,6 @@ async def start_cluster(redis: Redis, database: str, max_outbound: int) -> list[
     return [first, *rest]
 
 
-async def setup_side(
-    name: str, server: Server | Cluster, nodes: list[Server], members: int, content: int
-) -> Side:
-    """``members`` clients spread over ``nodes``, all in GROUP, every join delivered."""
-    tally = Tally(name)
-    clients: list[RawClient] = []
-    for index, node in enumerate(nodes):
-        count = members // len(nodes) + (index < members % len(nodes))
-        clients += await open_clients(node.port, nodes[0].path, count, tally)
-    join = encode_client_frame(json.dumps({"action": "joinRoom", "rid": GROUP}).encode())
-    for client in clients:
-        client.send(join)
-    await nodes[0].settle(members=members)
-    marker = _marker()
-    sync = _hub_broadcast(marker.ljust(content, "x"))
-    seen = await _sync(server, clients, tally, sync, marker)  # type: ignore[arg-type]
-    payload = _hub_broadcast("x" * content)
-    return Side(
-        name=name,
-        server=server,  # type: ignore[arg-type]
-        clients=clients,
-        tally=tally,
-        message=encode_client_frame(payload),
-        frame_in=len(payload),
-        frame_out=len(seen),
-        sample=seen.decode(),
-    )
-
-
 @dataclass
 class RedisCost:
     evalsha: int
@@ -240,23 +203,20 @@ async def bench_fanout(
         f"{NODES} nodes), {args.messages} sequential messages and {args.bursts} bursts of "
         f"{args.burst} per side per round, {args.repeat} round(s)"
     )
-    outbound = _max_outbound(args)
+    outbound = max_outbound(args.burst, args.content)
     servers: list[Server] = []
     sides: list[Side] = []
     try:
         single = await Server.start("hub", outbound)
         servers.append(single)
-        sides.append(await setup_side("single", single, [single], args.members, args.content))
+        sides.append(await join_group("single", single, [single], args.members, args.content))
         nodes = await start_cluster(redis, postgres.database(), outbound)
         servers += nodes
         cluster = Cluster(nodes, redis)
-        sides.append(await setup_side("cluster", cluster, nodes, args.members, args.content))
+        sides.append(await join_group("cluster", cluster, nodes, args.members, args.content))
         await sequential(sides, WARM_MESSAGES)  # not reported
         before = await redis.calls()
-        print(
-            "  round server  seq deliveries/s  p50 ms  p99 ms  CPU us/delivery | "
-            "burst deliveries/s  CPU us/delivery"
-        )
+        print(ROUND_HEAD)
         rounds = [await measure(n, sides, args) for n in range(1, args.repeat + 1)]
         after = await redis.calls()
         per_round = args.members * (args.messages + args.burst * args.bursts)
@@ -279,25 +239,16 @@ class MemoryFigures:
 async def idle_kb(nodes: list[Server], total: int) -> list[float]:
     """Each node's RSS growth per idle connection it holds, ``total`` spread over them."""
     tally = Tally("memory")
-    for node in nodes:  # lazy imports and first-use caches are not a connection's cost
-        abort_all(await open_clients(node.port, nodes[0].path, WARM_CONNECTIONS, tally))
-    for node in nodes:
-        await node.settle(connections=0)
-        await node.ask("gc")
-    base = [node.rss_kb() for node in nodes]
+    base = await idle_baseline(nodes, tally)
     clients: list[RawClient] = []
     try:
-        counts = [total // len(nodes) + (i < total % len(nodes)) for i in range(len(nodes))]
+        counts = spread(total, len(nodes))
         for node, count in zip(nodes, counts, strict=True):
             clients += await open_clients(node.port, nodes[0].path, count, tally)
-        for node, count in zip(nodes, counts, strict=True):
-            await node.settle(connections=count)
-            await node.ask("gc")
+        rss = await settled_rss(nodes, counts)
         if tally.error is not None:
             raise tally.error
-        return [
-            (node.rss_kb() - b) / count for node, b, count in zip(nodes, base, counts, strict=True)
-        ]
+        return [(r - b) / count for r, b, count in zip(rss, base, counts, strict=True)]
     finally:
         abort_all(clients)
 
@@ -368,33 +319,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--members", type=int, help="group size (default 1000)")
-    parser.add_argument("--messages", type=int, help="sequential messages per round (200)")
-    parser.add_argument("--burst", type=int, help="messages per burst (50)")
-    parser.add_argument("--bursts", type=int, help="bursts per side per round (4)")
-    parser.add_argument("--repeat", type=int, help="rounds (3)")
+    add_size_arguments(parser, FULL)
     parser.add_argument("--conns", type=int, help="idle connections for memory (3000)")
     parser.add_argument("--content", type=int, default=100, help="broadcast content bytes")
     parser.add_argument("--only", choices=("fanout", "memory"), help="run one part only")
     parser.add_argument("--quick", action="store_true", help="small sizes, one round")
     args = parser.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_sizes(args, QUICK if args.quick else FULL)
     if args.conns is None:
         args.conns = QUICK_CONNS if args.quick else FULL_CONNS
     if args.members < NODES or min(args.messages, args.burst, args.bursts, args.repeat) < 1:
         parser.error(f"--members must be >= {NODES}; the other sizes >= 1")
-    # raise_nofile() reads these names.
-    args.content_bytes = args.content
-    args.conns_list = [args.conns]
     return args
 
 
 async def run(args: argparse.Namespace) -> None:
-    nofile = raise_nofile(
-        argparse.Namespace(members=2 * args.members, conns=[args.conns], only=args.only)
-    )
+    # Both sides' members are sockets of this process (2 x members), with as many again spare.
+    fanout = 4 * args.members if args.only != "memory" else 0
+    nofile = raise_nofile(max(fanout, args.conns if args.only != "fanout" else 0))
     print(
         f"edge-agent cluster benchmark: {os.cpu_count()} CPUs, load average "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, Python {platform.python_version()}, "
@@ -421,21 +363,7 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    started = time.monotonic()
-    try:
-        asyncio.run(run(args))
-    except BenchError as exc:
-        print(f"bench_cluster: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench_cluster: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        with contextlib.suppress(Exception):
-            _kill_started()
-    print(f"\nTotal time {time.monotonic() - started:.0f} s")
-    return 0
+    return run_benchmark("bench_cluster", run(parse_args(argv)))
 
 
 if __name__ == "__main__":

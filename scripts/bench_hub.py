@@ -46,26 +46,42 @@ import contextlib
 import gc
 import json
 import logging
-import math
 import os
 import platform
-import resource
-import secrets
 import signal
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 from _bench_ws import BenchError, RawClient, Tally, abort_all, encode_client_frame, open_clients
+from _fanout import (
+    GROUP,
+    ROUND_HEAD,
+    STEP_SECONDS,
+    WARM_MESSAGES,
+    Round,
+    Side,
+    add_size_arguments,
+    fill_sizes,
+    idle_baseline,
+    join_group,
+    max_outbound,
+    measure,
+    new_marker,
+    process_cpu_seconds,
+    raise_nofile,
+    sequential,
+    settled_rss,
+    sync,
+)
 
 HOST: Final = "127.0.0.1"
-GROUP: Final = "bench"
 KINDS: Final = ("hub", "bare")
 BACKLOG: Final = 2048  # the hub's listen backlog (agent/hub/server.py), given to both
 MAX_FRAME: Final = 65536  # the hub's default max_frame_bytes, given to both
@@ -86,13 +102,8 @@ QUICK: Final = {
     "conns": "1000,2000",
 }
 START_SECONDS: Final = 60.0
-STEP_SECONDS: Final = 60.0  # one message reaching every member, or joins settling
-BURST_SECONDS: Final = 300.0
 SETTLE_POLL_SECONDS: Final = 0.05
 STOP_SECONDS: Final = 15.0
-WARM_CONNECTIONS: Final = 20
-WARM_MESSAGES: Final = 20
-FD_MARGIN: Final = 256
 FANOUT_AIM: Final = 0.8
 MEMORY_AIM_KB: Final = 20.0
 
@@ -335,9 +346,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the server process so far."""
-        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.proc.pid)
 
     async def stop(self) -> None:
         """EOF on its stdin stops it; killed if it takes too long."""
@@ -353,108 +362,28 @@ class Server:
         _STARTED.discard(self.proc.pid)
 
 
-def _kill_started() -> None:
-    for pid in _STARTED:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-async def wait_step(server: Server, tally: Tally, seconds: float, what: str) -> None:
-    """Until ``tally``'s step completes; ``BenchError`` on a timeout or a client failure,
-    saying so if the server process has died."""
+def run_benchmark(prog: str, benchmark: Coroutine[Any, Any, None]) -> int:
+    """Run ``benchmark`` to its end and print the total time: the exit status. A
+    ``BenchError`` or Ctrl-C is one line on stderr; every server process started is killed
+    whatever happens."""
+    started = time.monotonic()
     try:
-        async with asyncio.timeout(seconds):
-            await tally.wait()
-    except TimeoutError:
-        error = BenchError(
-            f"{tally.label}: timed out after {seconds:.0f} s waiting {what} "
-            f"({tally.remaining} clients still waiting)"
-        )
+        asyncio.run(benchmark)
     except BenchError as exc:
-        error = exc
-    else:
-        return
-    if not server.alive():
-        raise BenchError(f"the {server.kind} server process died while waiting {what} ({error})")
-    raise error
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        for pid in _STARTED:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    print(f"\nTotal time {time.monotonic() - started:.0f} s")
+    return 0
 
 
 # --- fan-out ---
-
-
-@dataclass
-class Side:
-    """One server's members, ready to measure: the first client sends."""
-
-    name: str
-    server: Server
-    clients: list[RawClient]
-    tally: Tally
-    message: bytes  # the sender's frame, encoded once
-    frame_in: int  # payload bytes, sender -> server
-    frame_out: int  # payload bytes, server -> each member
-    sample: str  # one frame as the members receive it
-
-
-@dataclass
-class Round:
-    """One server's figures in one round."""
-
-    name: str
-    seq_rate: float
-    p50_ms: float
-    p99_ms: float
-    seq_cpu_us: float
-    burst_rate: float
-    burst_cpu_us: float
-
-
-def _marker() -> str:
-    return "sync" + secrets.token_hex(6)
-
-
-async def _sync(
-    server: Server, clients: list[RawClient], tally: Tally, payload: bytes, marker: str
-) -> bytes:
-    """Send ``payload`` (it contains ``marker``) from the first client and wait until every
-    client has the frame it causes; returns that frame as the last client received it.
-
-    Frames on one connection arrive in order: once every member has this one, the notices
-    and messages before it have all arrived too.
-    """
-    tally.expect(len(clients), marker=marker.encode())
-    clients[0].send(encode_client_frame(payload))
-    await wait_step(server, tally, STEP_SECONDS, "for the sync broadcast")
-    tally.expect(0)
-    return clients[-1].seen
-
-
-def _hub_broadcast(content: str) -> bytes:
-    return json.dumps({"action": "broadcast", "rid": GROUP, "content": content}).encode()
-
-
-async def setup_hub(server: Server, members: int, content_bytes: int) -> Side:
-    """``members`` hub clients in GROUP, every join notice delivered."""
-    tally = Tally("hub")
-    clients = await open_clients(server.port, server.path, members, tally)
-    join = encode_client_frame(json.dumps({"action": "joinRoom", "rid": GROUP}).encode())
-    for client in clients:
-        client.send(join)
-    await server.settle(members=members)
-    marker = _marker()
-    sync = _hub_broadcast(marker.ljust(content_bytes, "x"))
-    seen = await _sync(server, clients, tally, sync, marker)
-    payload = _hub_broadcast("x" * content_bytes)
-    return Side(
-        name="hub",
-        server=server,
-        clients=clients,
-        tally=tally,
-        message=encode_client_frame(payload),
-        frame_in=len(payload),
-        frame_out=len(seen),
-        sample=seen.decode().replace(marker, "x" * len(marker)),
-    )
 
 
 async def setup_bare(server: Server, members: int, frame_bytes: int) -> Side:
@@ -462,8 +391,8 @@ async def setup_bare(server: Server, members: int, frame_bytes: int) -> Side:
     tally = Tally("bare")
     clients = await open_clients(server.port, server.path, members, tally)
     await server.settle(connections=members)
-    marker = _marker()
-    seen = await _sync(server, clients, tally, marker.ljust(frame_bytes, "x").encode(), marker)
+    marker = new_marker()
+    seen = await sync(server, clients, tally, marker.ljust(frame_bytes, "x").encode(), marker)
     payload = b"x" * frame_bytes
     return Side(
         name="bare",
@@ -477,119 +406,6 @@ async def setup_bare(server: Server, members: int, frame_bytes: int) -> Side:
     )
 
 
-def percentile(ordered: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile of an ascending sequence."""
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return ordered[rank - 1]
-
-
-@dataclass
-class Sequential:
-    """One server's share of an interleaved sequential run."""
-
-    busy: float = 0.0  # seconds from a send until every member had that message
-    cpu: float = 0.0
-    latencies: list[float] = field(default_factory=list)
-
-
-@dataclass
-class Burst:
-    """One server's bursts in a round."""
-
-    deliveries: int = 0
-    elapsed: float = 0.0
-    cpu: float = 0.0
-
-
-async def sequential(sides: Sequence[Side], messages: int, *, first: int = 0) -> list[Sequential]:
-    """One message at a time, taking turns: message k goes to one server, then the same
-    message to the other (the order alternates), so both see the same background load.
-
-    Each server only works during its own turns, so its CPU time over the run is its cost.
-    """
-    for side in sides:
-        for client in side.clients:
-            client.frames, client.stamps = 0, []
-    results = [Sequential() for _ in sides]
-    sent: list[list[float]] = [[] for _ in sides]
-    cpu = [side.server.cpu_seconds() for side in sides]
-    for k in range(messages):
-        for i in (0, 1) if (k + first) % 2 == 0 else (1, 0):
-            side = sides[i]
-            side.tally.expect(len(side.clients), target=k + 1)
-            start = time.perf_counter()
-            sent[i].append(start)
-            side.clients[0].send(side.message)
-            await wait_step(
-                side.server, side.tally, STEP_SECONDS, f"for message {k + 1} to reach every member"
-            )
-            results[i].busy += time.perf_counter() - start
-    for i, side in enumerate(sides):
-        results[i].cpu = side.server.cpu_seconds() - cpu[i]
-        results[i].latencies = sorted(
-            stamp - sent[i][k]
-            for client in side.clients
-            for k, stamp in enumerate(client.stamps or ())
-        )
-        for client in side.clients:
-            client.stamps = None
-    return results
-
-
-async def burst(side: Side, messages: int) -> tuple[float, float]:
-    """All messages written at once, until every member has them all: (seconds, CPU s)."""
-    clients, tally = side.clients, side.tally
-    for client in clients:
-        client.frames = 0
-    tally.expect(len(clients), target=messages)
-    cpu, start = side.server.cpu_seconds(), time.perf_counter()
-    clients[0].send(side.message * messages)
-    await wait_step(
-        side.server, tally, BURST_SECONDS, f"for a burst of {messages} to reach every member"
-    )
-    return time.perf_counter() - start, side.server.cpu_seconds() - cpu
-
-
-async def bursts(sides: Sequence[Side], size: int, count: int, *, first: int = 0) -> list[Burst]:
-    """``count`` bursts of ``size`` messages on each server, taking turns A B B A A B ...,
-    so that a load that comes and goes during the round weighs on both alike."""
-    a, b = (0, 1) if first == 0 else (1, 0)
-    results = [Burst() for _ in sides]
-    for i in [i for turn in range(count) for i in ((a, b) if turn % 2 == 0 else (b, a))]:
-        elapsed, cpu = await burst(sides[i], size)
-        results[i].deliveries += len(sides[i].clients) * size
-        results[i].elapsed += elapsed
-        results[i].cpu += cpu
-    return results
-
-
-async def measure(
-    number: int, sides: Sequence[Side], args: argparse.Namespace
-) -> tuple[Round, Round]:
-    """One round: interleaved sequential messages, then bursts (odd rounds start with the
-    hub, even rounds with the baseline)."""
-    first = (number + 1) % 2
-    messages = args.messages
-    seq = await sequential(sides, messages, first=first)
-    bursted = await bursts(sides, args.burst, args.bursts, first=first)
-    rounds = []
-    for i, side in enumerate(sides):
-        deliveries = len(side.clients) * messages
-        rounds.append(
-            Round(
-                name=side.name,
-                seq_rate=deliveries / seq[i].busy,
-                p50_ms=percentile(seq[i].latencies, 0.50) * 1e3,
-                p99_ms=percentile(seq[i].latencies, 0.99) * 1e3,
-                seq_cpu_us=seq[i].cpu / deliveries * 1e6,
-                burst_rate=bursted[i].deliveries / bursted[i].elapsed,
-                burst_cpu_us=bursted[i].cpu / bursted[i].deliveries * 1e6,
-            )
-        )
-        print(_round_line(number, rounds[-1]))
-    return rounds[0], rounds[1]
-
-
 async def bench_fanout(args: argparse.Namespace) -> list[tuple[Round, Round]]:
     """Both servers up with their members, then the rounds."""
     print(
@@ -597,28 +413,25 @@ async def bench_fanout(args: argparse.Namespace) -> list[tuple[Round, Round]]:
         f"messages and {args.bursts} bursts of {args.burst} per server per round, "
         f"{args.repeat} round(s)"
     )
+    outbound = max_outbound(args.burst, args.content_bytes)
     servers: list[Server] = []
     sides: list[Side] = []
     try:
-        servers.append(await Server.start("hub", _max_outbound(args)))
-        sides.append(await setup_hub(servers[0], args.members, args.content_bytes))
-        servers.append(await Server.start("bare", _max_outbound(args)))
+        servers.append(await Server.start("hub", outbound))
+        sides.append(
+            await join_group("hub", servers[0], servers[:1], args.members, args.content_bytes)
+        )
+        servers.append(await Server.start("bare", outbound))
         sides.append(await setup_bare(servers[1], args.members, sides[0].frame_out))
         _print_frames(sides)
         await sequential(sides, WARM_MESSAGES)  # not reported
-        print(_ROUND_HEAD)
+        print(ROUND_HEAD)
         return [await measure(number, sides, args) for number in range(1, args.repeat + 1)]
     finally:
         for side in sides:
             abort_all(side.clients)
         for server in servers:
             await server.stop()
-
-
-def _max_outbound(args: argparse.Namespace) -> int:
-    # The hub's outbound queue bound must hold a whole burst for a member that reads slowly
-    # (frames are the content plus an envelope of well under 1 KiB).
-    return max(1 << 20, 4 * int(args.burst) * (int(args.content_bytes) + 1024))
 
 
 def _print_frames(sides: Sequence[Side]) -> None:
@@ -629,19 +442,6 @@ def _print_frames(sides: Sequence[Side]) -> None:
         f"       e.g. {hub.sample[:150]}{'...' if len(hub.sample) > 150 else ''}\n"
         f"  bare frames: in {bare.frame_in} B, out {bare.frame_out} B (payload padded to the "
         "hub's outbound frame size, so both write the same bytes per delivery)"
-    )
-
-
-_ROUND_HEAD: Final = (
-    "  round server  seq deliveries/s  p50 ms  p99 ms  CPU us/delivery | "
-    "burst deliveries/s  CPU us/delivery"
-)
-
-
-def _round_line(number: int, r: Round) -> str:
-    return (
-        f"  {number:>5} {r.name:<6} {r.seq_rate:>16,.0f} {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} "
-        f"{r.seq_cpu_us:>16.1f} | {r.burst_rate:>18,.0f} {r.burst_cpu_us:>16.1f}"
     )
 
 
@@ -695,17 +495,12 @@ async def bench_memory(kind: str, counts: Sequence[int]) -> list[MemoryPoint]:
     tally = Tally(f"{kind} (memory)")
     clients: list[RawClient] = []
     try:
-        # Lazy imports and first-use caches are not a connection's cost.
-        abort_all(await open_clients(server.port, server.path, WARM_CONNECTIONS, tally))
-        await server.settle(connections=0)
-        await server.ask("gc")
-        base = server.rss_kb()
+        [base] = await idle_baseline([server], tally)
         points: list[MemoryPoint] = []
         for count in counts:
             clients += await open_clients(server.port, server.path, count - len(clients), tally)
-            await server.settle(connections=count)
-            await server.ask("gc")
-            points.append(MemoryPoint(kind, count, base, server.rss_kb()))
+            [rss] = await settled_rss([server], [count])
+            points.append(MemoryPoint(kind, count, base, rss))
             if tally.error is not None:
                 raise tally.error
             print(_memory_line(points))
@@ -750,11 +545,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--members", type=int, help="fan-out group size (default 1000)")
-    parser.add_argument("--messages", type=int, help="sequential messages per round (default 200)")
-    parser.add_argument("--burst", type=int, help="messages per burst (default 50)")
-    parser.add_argument("--bursts", type=int, help="bursts per server per round (default 4)")
-    parser.add_argument("--repeat", type=int, help="fan-out rounds per server (default 3)")
+    add_size_arguments(parser, FULL)
     parser.add_argument(
         "--conns", help="idle connection counts for memory (default 1000,5000,10000)"
     )
@@ -774,9 +565,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--database", default="sqlite", help=argparse.SUPPRESS)
     parser.add_argument("--state-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_sizes(args, QUICK if args.quick else FULL)
     try:
         args.conns = sorted({int(c) for c in str(args.conns).split(",") if c.strip()})
     except ValueError:
@@ -790,26 +579,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def raise_nofile(args: argparse.Namespace) -> int:
-    """Raise this process's (and so the servers') open-file limit to what the run needs."""
-    fanout = 2 * args.members if args.only != "memory" else 0
-    memory = max(args.conns) if args.only != "fanout" else 0
-    need = max(fanout, memory) + FD_MARGIN
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < need:
-        raise BenchError(
-            f"this run needs {need} open files but the hard limit (ulimit -Hn) is {hard}: "
-            "raise it or lower --members / --conns"
-        )
-    if soft != resource.RLIM_INFINITY and soft < need:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-        soft = need
-    return soft
-
-
 async def run(args: argparse.Namespace) -> None:
     """Fan-out, then memory for each server, then the summary."""
-    nofile = raise_nofile(args)
+    fanout = 2 * args.members if args.only != "memory" else 0
+    nofile = raise_nofile(max(fanout, max(args.conns) if args.only != "fanout" else 0))
     print(
         f"edge-agent hub benchmark: {os.cpu_count()} CPUs, load average "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, Python {platform.python_version()}, "
@@ -846,19 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             database=args.database,
             state_dir=args.state_dir,
         )
-    started = time.monotonic()
-    try:
-        asyncio.run(run(args))
-    except BenchError as exc:
-        print(f"bench_hub: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench_hub: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        _kill_started()
-    print(f"\nTotal time {time.monotonic() - started:.0f} s")
-    return 0
+    return run_benchmark("bench_hub", run(args))
 
 
 if __name__ == "__main__":
