@@ -54,15 +54,10 @@ from pydantic_settings import (
 from agent.durations import parse_duration
 from agent.errors import ConfigError
 from agent.events.settings import EventRule, check_rules
+from agent.media.settings import AudioSettings, VideoSettings
 from agent.protocol import Limits, is_user_id
 from agent.push.settings import PushSettings
-from agent.rtc.settings import (
-    AudioSettings,
-    CallsSettings,
-    IceServerSettings,
-    VideoSettings,
-    check_ice_url,
-)
+from agent.rtc.settings import CallsSettings, IceServerSettings, check_ice_url
 from agent.sensors.settings import SensorsSettings, SerialPortSettings, check_port_names
 
 __all__ = [

@@ -438,8 +438,9 @@ def test_calls_video_and_audio_default_to_a_pattern_a_tone_and_people() -> None:
 
 def test_calls_and_media_from_toml_map_onto_the_engines(tmp_path: Path) -> None:
     from agent.media import ExecConfig, FileSinkConfig, MicrophoneConfig, StreamFormat, VideoCodec
+    from agent.media.settings import media_config, sink_config
     from agent.rtc.ice import IceServer
-    from agent.rtc.settings import call_policy, ice_options, media_config, sink_config
+    from agent.rtc.settings import call_policy, ice_options
 
     path = write(
         tmp_path,
@@ -498,7 +499,7 @@ def test_calls_and_media_from_toml_map_onto_the_engines(tmp_path: Path) -> None:
 
 def test_v4l2_pattern_and_sinks_map_too() -> None:
     from agent.media import NullSinkConfig, SpeakerConfig, TestPatternConfig, ToneConfig, V4L2Config
-    from agent.rtc.settings import media_config, sink_config
+    from agent.media.settings import media_config, sink_config
 
     settings = Settings(
         video={"source": "v4l2", "device": "/dev/video2", "input_format": "mjpeg"},  # type: ignore[arg-type]
@@ -510,6 +511,35 @@ def test_v4l2_pattern_and_sinks_map_too() -> None:
     assert sink_config(settings.audio) == SpeakerConfig("default")
     assert sink_config(Settings().audio) == NullSinkConfig()
     assert media_config(Settings().video, Settings().audio).video == TestPatternConfig()
+
+
+def test_media_settings_are_the_media_components_and_load_no_media_stack() -> None:
+    # [video] and [audio] belong to agent.media; agent.config composes them. Reading them
+    # and mapping them onto the engine's records must not load aiortc or PyAV (a fresh
+    # process: this one has loaded them for other tests).
+    from agent.media import settings as media_settings
+
+    assert Settings.model_fields["video"].annotation is media_settings.VideoSettings
+    assert Settings.model_fields["audio"].annotation is media_settings.AudioSettings
+    probe = (
+        "import sys\n"
+        "from agent.config import Settings\n"
+        "from agent.media import MediaConfig, media_config, sink_config\n"
+        "s = Settings()\n"
+        "assert isinstance(media_config(s.video, s.audio), MediaConfig), 'not a MediaConfig'\n"
+        "sink_config(s.audio)\n"
+        "print(sorted(m for m in ('aiortc', 'av', 'aioice') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=CONFIG_DIR.parent,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,8 @@
 * :class:`CallDesk` answers calls on the device with the media hub's tracks, talk-back,
   and data channels by label (``control``, the reserved ``sensors``/``serial:NAME``, ...);
 * :mod:`agent.rtc.ice`: explicit ICE servers, host address restriction, mDNS candidates;
-* :mod:`agent.rtc.settings`: the ``[calls]``, ``[video]`` and ``[audio]`` tables.
+* :mod:`agent.rtc.settings`: the ``[calls]`` table (``[video]`` and ``[audio]`` are the
+  media engine's: :mod:`agent.media.settings`).
 
 Names are imported on first use: loading the settings models (as ``agent.config`` does)
 does not load aiortc.
@@ -30,12 +31,11 @@ if TYPE_CHECKING:
     from agent.rtc.media import LocalMedia, MediaDevices, NoMediaDevices
     from agent.rtc.peer import PeerFactory
     from agent.rtc.policy import Caller, CallPolicy, Refusal
-    from agent.rtc.settings import AudioSettings, CallsSettings, VideoSettings
+    from agent.rtc.settings import CallsSettings
     from agent.rtc.signaling import CallState, CloseReason, Signaling, Switchboard
 
 __all__ = [
     "AccountDirectory",
-    "AudioSettings",
     "Blob",
     "CallDesk",
     "CallEndedError",
@@ -64,13 +64,11 @@ __all__ = [
     "RtcEngine",
     "Signaling",
     "Switchboard",
-    "VideoSettings",
     "channel_specs",
 ]
 
 _HOMES = {
     "AccountDirectory": "agent.rtc.desk",
-    "AudioSettings": "agent.rtc.settings",
     "Blob": "agent.rtc.control",
     "CallDesk": "agent.rtc.desk",
     "CallEndedError": "agent.rtc.errors",
@@ -99,7 +97,6 @@ _HOMES = {
     "RtcEngine": "agent.rtc.engine",
     "Signaling": "agent.rtc.signaling",
     "Switchboard": "agent.rtc.signaling",
-    "VideoSettings": "agent.rtc.settings",
     "channel_specs": "agent.rtc.channels",
 }
 

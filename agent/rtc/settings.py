@@ -1,4 +1,4 @@
-"""Settings of calls and their media: ``[calls]``, ``[video]`` and ``[audio]``.
+"""Settings of calls: ``[calls]`` (who may call, ICE servers and policy).
 
 In TOML::
 
@@ -17,31 +17,16 @@ In TOML::
     username = "doorbell"
     credential = "..."                   # a secret: redacted in `config show`
 
-    [video]
-    source = "exec"                      # pattern (default) | v4l2 | exec
-    command = ["rpicam-vid", "-t", "0", "--inline", "--intra", "30", "-o", "-"]
-    width = 1280
-    height = 720
-    fps = 30
-    codecs = ["H264", "VP8"]             # preference; H.264 from the camera is passed through
-
-    [audio]
-    source = "alsa"                      # tone (default) | alsa | pulse
-    device = "plughw:1,0"
-    sink = "speaker"                     # null (default) | speaker | file
-    speaker_device = "default"
-
-The models only validate; ``media_config``, ``sink_config``, ``ice_options`` and
-``call_policy`` map them onto the records the media engine and the calls take (and load
-those modules only when called, so reading settings stays light).
+The models only validate; ``ice_options`` and ``call_policy`` map them onto the records
+the calls take (and load those modules only when called, so reading settings stays light).
+The camera and microphone tables, ``[video]`` and ``[audio]``, belong to the media
+engine: :mod:`agent.media.settings`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-import shlex
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Final, Literal
 
 from pydantic import (
@@ -55,20 +40,15 @@ from pydantic import (
 )
 
 if TYPE_CHECKING:
-    from agent.media.config import MediaConfig, SinkConfig
     from agent.rtc.ice import IceOptions
     from agent.rtc.policy import CallPolicy
 
 __all__ = [
-    "AudioSettings",
     "CallsSettings",
     "IceServerSettings",
-    "VideoSettings",
     "call_policy",
     "check_ice_url",
     "ice_options",
-    "media_config",
-    "sink_config",
 ]
 
 # RFC 7064 / RFC 7065 URIs: stun[s]:host[:port], turn[s]:host[:port][?transport=udp|tcp].
@@ -77,28 +57,17 @@ _ICE_URL_RE: Final = re.compile(
     r"|^(turns?):(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?(\?transport=(udp|tcp))?$"
 )
 _INTERFACE_RE: Final = re.compile(r"^[A-Za-z0-9_.:@-]{1,32}$")
-_FORMAT_RE: Final = re.compile(r"^[a-z0-9_]{1,32}$")
 
 
 RoleName = Literal["admin", "user", "device"]
-CodecName = Literal["VP8", "H264"]
 
 
 def _people() -> list[RoleName]:
     return ["admin", "user"]
 
 
-def _all_codecs() -> list[CodecName]:
-    return ["VP8", "H264"]
-
-
 def _one_or_many(value: object) -> object:
     return [value] if isinstance(value, str) else value
-
-
-def _split_command(value: object) -> object:
-    # A command given as one string is split as a shell would, without running one.
-    return shlex.split(value) if isinstance(value, str) else value
 
 
 class _Model(BaseModel):
@@ -178,125 +147,7 @@ class CallsSettings(_Model):
         return value
 
 
-class VideoSettings(_Model):
-    """The camera: a test pattern, a V4L2 device or a command ([video])."""
-
-    enabled: bool = True
-    source: Literal["pattern", "v4l2", "exec"] = "pattern"
-    width: int = Field(640, ge=16, le=7680)
-    height: int = Field(480, ge=16, le=4320)
-    fps: int = Field(30, ge=1, le=120)
-    device: str = Field("/dev/video0", min_length=1)  # v4l2
-    input_format: str = "yuyv422"  # v4l2: yuyv422, mjpeg, h264 (passed through), ...
-    command: Annotated[list[str], BeforeValidator(_split_command)] = Field(default_factory=list)
-    stream_format: Literal["h264", "mjpeg"] = "h264"  # exec: what the command writes
-    pattern: str = "testsrc2"
-    codecs: list[CodecName] = Field(default_factory=_all_codecs)
-    bitrate: int = Field(1_000_000, ge=50_000, le=50_000_000)
-    keyframe_interval: int = Field(60, ge=1, le=3600)  # frames between scheduled key frames
-    hardware_encoder: bool = True  # h264_v4l2m2m when present
-
-    @field_validator("codecs", mode="before")
-    @classmethod
-    def _upper(cls, value: object) -> object:
-        items = _one_or_many(value)
-        return [v.upper() for v in items] if isinstance(items, list) else items
-
-    @field_validator("input_format")
-    @classmethod
-    def _format(cls, value: str) -> str:
-        if not _FORMAT_RE.match(value):
-            raise ValueError(f"{value!r} is not a V4L2 input format name (yuyv422, mjpeg, h264)")
-        return value
-
-    @model_validator(mode="after")
-    def _source_options(self) -> VideoSettings:
-        if self.source == "exec" and not self.command:
-            raise ValueError('source = "exec" needs command (e.g. ["rpicam-vid", "-o", "-"])')
-        if not self.codecs:
-            raise ValueError("codecs needs at least one of VP8, H264")
-        return self
-
-
-class AudioSettings(_Model):
-    """The microphone and the talk-back output ([audio])."""
-
-    enabled: bool = True  # send the microphone to callers
-    source: Literal["tone", "alsa", "pulse"] = "tone"
-    device: str = Field("default", min_length=1)
-    tone_frequency: int = Field(400, ge=50, le=8000)
-    talkback: bool = True  # receive callers' voices
-    sink: Literal["null", "speaker", "file"] = "null"
-    speaker_device: str = Field("default", min_length=1)
-    file: Path | None = None
-
-    @field_validator("tone_frequency")
-    @classmethod
-    def _whole_cycles(cls, value: int) -> int:
-        if value % 50:
-            raise ValueError("tone_frequency must be a multiple of 50 Hz (whole cycles in 20 ms)")
-        return value
-
-    @model_validator(mode="after")
-    def _sink_file(self) -> AudioSettings:
-        if self.sink == "file" and self.file is None:
-            raise ValueError('sink = "file" needs file (a .wav path)')
-        return self
-
-
 # -- mapping onto the engines' records ---------------------------------------------------
-
-
-def media_config(video: VideoSettings, audio: AudioSettings) -> MediaConfig:
-    """The media engine's configuration for these settings."""
-    from agent.media.config import (
-        EncoderConfig,
-        ExecConfig,
-        MediaConfig,
-        MicrophoneConfig,
-        StreamFormat,
-        TestPatternConfig,
-        ToneConfig,
-        V4L2Config,
-        VideoCodec,
-    )
-
-    source: TestPatternConfig | V4L2Config | ExecConfig
-    if video.source == "v4l2":
-        source = V4L2Config(video.device, video.width, video.height, video.fps, video.input_format)
-    elif video.source == "exec":
-        source = ExecConfig(tuple(video.command), StreamFormat(video.stream_format), video.fps)
-    else:
-        source = TestPatternConfig(video.width, video.height, video.fps, video.pattern)
-    microphone: ToneConfig | MicrophoneConfig = (
-        ToneConfig(frequency=audio.tone_frequency)
-        if audio.source == "tone"
-        else MicrophoneConfig(backend=audio.source, device=audio.device)
-    )
-    encoder = EncoderConfig(
-        bitrate=video.bitrate,
-        keyframe_interval=video.keyframe_interval,
-        hardware=video.hardware_encoder,
-    )
-    fallback = TestPatternConfig(video.width, video.height, video.fps, video.pattern)
-    return MediaConfig(
-        video=source,
-        audio=microphone,
-        fallback=fallback,
-        encoder=encoder,
-        codecs=tuple(VideoCodec(c) for c in video.codecs),
-    )
-
-
-def sink_config(audio: AudioSettings) -> SinkConfig:
-    """Where callers' voices go."""
-    from agent.media.config import FileSinkConfig, NullSinkConfig, SpeakerConfig
-
-    if audio.sink == "speaker":
-        return SpeakerConfig(audio.speaker_device)
-    if audio.sink == "file" and audio.file is not None:
-        return FileSinkConfig(audio.file.expanduser())
-    return NullSinkConfig()
 
 
 def ice_options(calls: CallsSettings) -> IceOptions:

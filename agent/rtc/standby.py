@@ -37,10 +37,11 @@ from agent.rtc.errors import StackLoadError
 
 if TYPE_CHECKING:
     from agent.media import MediaEvent, MediaHub, MediaStats, TalkbackSink
+    from agent.media.settings import AudioSettings, VideoSettings
     from agent.rtc.desk import CallDesk
     from agent.rtc.engine import RtcEngine
     from agent.rtc.peer import PeerFactory
-    from agent.rtc.settings import AudioSettings, CallsSettings, VideoSettings
+    from agent.rtc.settings import CallsSettings
 
 __all__ = ["HEAVY_MODULES", "MAX_PENDING", "CallStandby", "StandbyClient", "heavy_modules_loaded"]
 
@@ -49,7 +50,13 @@ log = logging.getLogger(__name__)
 # What an idle agent does without: the libraries behind calls and the camera.
 HEAVY_MODULES: Final = ("aiortc", "av", "aioice")
 # The project's modules that bring them in, imported off the loop.
-_STACK: Final = ("agent.media", "agent.rtc.peer", "agent.rtc.engine", "agent.rtc.desk")
+_STACK: Final = (
+    "agent.media.hub",
+    "agent.media.talkback",
+    "agent.rtc.peer",
+    "agent.rtc.engine",
+    "agent.rtc.desk",
+)
 # Frames kept while loading: every ringing call the signaling allows (16) with its offer
 # and the candidates it may buffer (64 each) fits.
 MAX_PENDING: Final = 16 * 65
@@ -278,9 +285,10 @@ class CallStandby:
 
     def _build(self) -> None:
         from agent.media import MediaHub, TalkbackSink
+        from agent.media.settings import media_config, sink_config
         from agent.rtc.desk import AccountDirectory, CallDesk, HubDirectory
         from agent.rtc.peer import PeerFactory
-        from agent.rtc.settings import call_policy, ice_options, media_config, sink_config
+        from agent.rtc.settings import call_policy, ice_options
 
         calls, video, audio = self._settings
         # One DTLS certificate and one ICE policy for every call of this run.
