@@ -1,14 +1,16 @@
 """The objects of one call: a connection that is up, a call being placed, a ringing call.
 
 ``_Call`` holds the I/O side of one call for :class:`agent.rtc.engine.RtcEngine`; the
-public classes are views on it with the reference's names and shapes.
+public classes are views on it with the reference's names and shapes. They reach the
+engine only through :class:`CallControl`, so this module does not import the engine
+(which imports it).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiortc import RTCDataChannel, RTCPeerConnection
 
@@ -16,10 +18,27 @@ from agent.rtc.media import LocalMedia, OfferMedia
 from agent.rtc.peer import EventCallback, EventDispatcher
 from agent.rtc.signaling import CloseReason, Role
 
-if TYPE_CHECKING:
-    from agent.rtc.engine import RtcEngine
+__all__ = ["CallControl", "IncomingCall", "RtcConnection", "RtcConnector"]
 
-__all__ = ["IncomingCall", "RtcConnection", "RtcConnector"]
+
+class CallControl(Protocol):
+    """What a call's objects ask of the engine that runs it (:class:`RtcEngine`)."""
+
+    def hangup(self, cid: str) -> asyncio.Task[None]:
+        """End call ``cid`` from this side; the task ends once it is released."""
+        ...
+
+    async def accept(
+        self,
+        call: _Call,
+        *,
+        ice: Any,
+        media: Any,
+        callback: EventCallback | None,
+        receive: Iterable[str] | None,
+    ) -> RtcConnection:
+        """Take the ringing ``call``: answer, then pick up."""
+        ...
 
 
 class RtcConnection:
@@ -155,7 +174,7 @@ class IncomingCall:
 class _Call:
     """The I/O side of one call: peer connection, channels, tasks."""
 
-    def __init__(self, engine: RtcEngine, cid: str, user_id: str | None, role: Role) -> None:
+    def __init__(self, engine: CallControl, cid: str, user_id: str | None, role: Role) -> None:
         self.engine = engine
         self.cid = cid
         self.user_id = user_id
