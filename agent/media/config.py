@@ -146,13 +146,32 @@ class EncoderConfig:
 
 @dataclass(frozen=True, slots=True)
 class BackoffConfig:
-    """Capped exponential backoff with jitter for reopening a lost device."""
+    """Capped exponential backoff with jitter for reopening a lost device.
 
-    initial: float = 1.0
-    maximum: float = 30.0
+    The schedule is :func:`agent.retry.backoff`'s (see :class:`agent.media.policy.Backoff`).
+    Raises ValueError naming the field for values no schedule can follow.
+    """
+
+    initial: float = 1.0  # the first delay's ceiling, seconds
+    maximum: float = 30.0  # no delay is longer
     factor: float = 2.0
-    jitter: float = 0.1  # fraction of each delay added at random
+    jitter: float = 0.1  # fraction of each delay drawn at random, 0..1 (taken off the ceiling)
     stable_after: float = 10.0  # a device that ran this long resets the backoff
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} {rule} (got {value})"
+            for name, value, ok, rule in (
+                ("initial", self.initial, self.initial > 0, "must be above 0"),
+                ("factor", self.factor, self.factor >= 1, "must be at least 1"),
+                ("maximum", self.maximum, self.maximum >= self.initial, "must be >= initial"),
+                ("jitter", self.jitter, 0 <= self.jitter <= 1, "must be between 0 and 1"),
+                ("stable_after", self.stable_after, self.stable_after >= 0, "must be >= 0"),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ValueError("backoff: " + "; ".join(problems))
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,10 +9,10 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from enum import Enum
 from typing import Generic, TypeVar
 
+from agent import retry
 from agent.media.config import BackoffConfig
 
 __all__ = [
@@ -140,13 +140,21 @@ class ViewerQueue(Generic[T]):
         self.dropped += count
 
 
-@dataclass
 class Backoff:
-    """Capped exponential delays with jitter; ``reset`` after a long enough success."""
+    """Delays before reopening a lost device: the project's one capped exponential schedule
+    (:func:`agent.retry.backoff`), started again by ``reset`` after a long enough success.
 
-    config: BackoffConfig
-    rng: Callable[[], float] = random.random  # jitter only; not security relevant
-    attempt: int = 0
+    Delay ``n`` (0 first) lies in ``[ceiling * (1 - jitter), ceiling)``, where ``ceiling =
+    min(maximum, initial * factor**n)`` and ``jitter`` is ``config.jitter``: the fraction of
+    each delay drawn at random. 1.0 is the full jitter of the network reconnects; a device
+    has no herd of clients to spread, so a small fraction keeps retries near the ceiling.
+    0.0 gives the ceilings themselves. No delay exceeds ``maximum``.
+    """
+
+    def __init__(self, config: BackoffConfig, rng: Callable[[], float] = random.random) -> None:
+        self.config = config
+        self._rng = rng  # jitter only; not security relevant
+        self._delays = self._schedule()
 
     def __iter__(self) -> Iterator[float]:
         while True:
@@ -154,14 +162,22 @@ class Backoff:
 
     def next_delay(self) -> float:
         """Delay before the next attempt."""
-        base = self.config.initial * self.config.factor**self.attempt
-        self.attempt += 1
-        delay = min(self.config.maximum, base)
-        return delay + delay * self.config.jitter * self.rng()
+        return next(self._delays)
 
     def reset(self) -> None:
         """Start again from the initial delay."""
-        self.attempt = 0
+        self._delays = self._schedule()
+
+    def _schedule(self) -> Iterator[float]:
+        config = self.config
+        return retry.backoff(
+            initial=config.initial, factor=config.factor, cap=config.maximum, jitter=self._draw
+        )
+
+    def _draw(self) -> float:
+        # full_jitter multiplies the ceiling by this draw: [1 - jitter, 1), the whole
+        # [0, 1) of random() when jitter is 1.
+        return 1.0 - self.config.jitter + self.config.jitter * self._rng()
 
 
 def shared_bitrate(estimates: Iterable[int], *, configured: int, floor: int) -> int:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 
+from agent import retry
 from agent.media.config import BackoffConfig
 from agent.media.policy import (
     Backoff,
@@ -104,13 +106,48 @@ def test_queue_needs_room() -> None:
         ViewerQueue(0, needs_key=True)
 
 
-def test_backoff_grows_caps_jitters_and_resets() -> None:
+def test_backoff_grows_caps_jitters_below_the_ceiling_and_resets() -> None:
     config = BackoffConfig(initial=1.0, maximum=5.0, factor=2.0, jitter=0.5)
-    backoff = Backoff(config, rng=lambda: 1.0)
-    assert list(itertools.islice(backoff, 5)) == [1.5, 3.0, 6.0, 7.5, 7.5]
-    backoff.reset()
-    assert backoff.next_delay() == 1.5
-    assert Backoff(config, rng=lambda: 0.0).next_delay() == 1.0
+    highest = Backoff(config, rng=lambda: 1.0)  # beyond random()'s range: the ceilings
+    assert list(itertools.islice(highest, 5)) == [1.0, 2.0, 4.0, 5.0, 5.0]
+    highest.reset()
+    assert highest.next_delay() == 1.0
+    lowest = Backoff(config, rng=lambda: 0.0)  # jitter 0.5: half of each ceiling is drawn
+    assert list(itertools.islice(lowest, 4)) == [0.5, 1.0, 2.0, 2.5]
+    drawn = list(itertools.islice(Backoff(config), 200))  # real random draws
+    ceilings = [min(5.0, 2.0**n) for n in range(200)]
+    assert all(c / 2 <= d <= c for d, c in zip(drawn, ceilings, strict=True))
+    assert len(set(drawn)) > 100  # jittered, not the ceilings
+
+
+def test_backoff_is_the_shared_schedule() -> None:
+    # Full jitter (1.0) with the same draws gives exactly agent.retry.backoff's delays.
+    config = BackoffConfig(initial=0.5, maximum=30.0, factor=2.0, jitter=1.0)
+    draws = [0.25, 0.75, 0.0, 0.5, 0.9, 0.1, 0.6, 0.3]
+    ours = Backoff(config, rng=iter(draws).__next__)
+    shared = retry.backoff(0.5, 2.0, 30.0, jitter=iter(draws).__next__)
+    assert list(itertools.islice(ours, 8)) == list(itertools.islice(shared, 8))
+    # No jitter: the ceilings themselves, whatever the draws (what tests of devices use).
+    fixed = Backoff(BackoffConfig(initial=0.1, maximum=0.3, jitter=0.0))
+    assert list(itertools.islice(fixed, 4)) == [0.1, 0.2, 0.3, 0.3]
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"initial": 0.0}, "initial must be above 0 (got 0.0)"),
+        ({"factor": 0.5}, "factor must be at least 1"),
+        ({"initial": 5.0, "maximum": 1.0}, "maximum must be >= initial"),
+        ({"jitter": 1.5}, "jitter must be between 0 and 1 (got 1.5)"),
+        ({"jitter": -0.1}, "jitter must be between 0 and 1"),
+        ({"stable_after": -1.0}, "stable_after must be >= 0"),
+    ],
+)
+def test_backoff_config_names_what_no_schedule_can_follow(
+    fields: dict[str, float], named: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(named)):
+        BackoffConfig(**fields)
 
 
 def test_shared_bitrate_follows_the_slowest_reasonable_viewer() -> None:
