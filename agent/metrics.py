@@ -6,7 +6,7 @@ stays a few lines of asyncio instead of a web framework in the agent. Requests a
 
 :func:`process_metrics` adds the process's resident memory under the name Prometheus'
 own client libraries give it (``process_resident_memory_bytes``), so the usual dashboards
-read it.
+read it; :func:`memory_line` says the same in ``edge-agent status``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Final
 
 from agent.exposition import CONTENT_TYPE, Exposition
 
-__all__ = ["MetricsServer", "process_metrics", "resident_memory_bytes"]
+__all__ = ["MetricsServer", "memory_line", "process_metrics", "resident_memory_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,13 @@ def process_metrics() -> str:
     out = Exposition("process_")
     out.add("resident_memory_bytes", "gauge", "Resident memory size in bytes.", rss)
     return out.render()
+
+
+def memory_line(rss: int | None, note: str | None = None) -> str:
+    """``memory: 52.1 MB resident``, then ``; note`` when there is one (what the media
+    stack adds, for instance)."""
+    text = "memory: " + ("?" if rss is None else f"{rss / 1e6:.1f} MB") + " resident"
+    return text if note is None else f"{text}; {note}"
 
 
 def _response(status: int, body: str, *, include_body: bool) -> bytes:

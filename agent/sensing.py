@@ -1,13 +1,15 @@
 """The device's own senses as one part: serial ports, event rules, the alert outbox, the
 local control socket, and the ``sensors`` / ``serial:NAME`` data channels of calls.
 
-The daemon makes one :class:`Sensing` once it has a hub client, starts it, and closes it
-on the way out. Alerts go through the durable outbox to the hub's push API; event posts
-through the durable post queue (:mod:`agent.events.postbox`) to groups over the realtime
-connection; both are committed before "fired" is answered, and both leave as soon as the
-hub link is back after an outage. Telemetry is the latest state, not history: while the
-link is down only the latest telemetry post per group is kept (it carries every port's
-latest reading), and it is sent when the link is back.
+The agent's wiring (:mod:`agent.wiring`) makes one :class:`Sensing` once it has a hub
+client, starts it, and closes it on the way out; it tells it of devices that come and go
+elsewhere (:meth:`Sensing.device_presence`) and supervises its motion watch. Alerts go
+through the durable outbox to the hub's push API; event posts through the durable post
+queue (:mod:`agent.events.postbox`) to groups over the realtime connection; both are
+committed before "fired" is answered, and both leave as soon as the hub link is back after
+an outage. Telemetry is the latest state, not history: while the link is down only the
+latest telemetry post per group is kept (it carries every port's latest reading), and it
+is sent when the link is back.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class Sensing:
     ) -> None:
         self._client = client
         self._camera = camera
-        self._on_port = on_port
+        self._port_listeners = [] if on_port is None else [on_port]
         self.outbox = Outbox(
             state_dir / OUTBOX_FILE,
             deliver=client.push_alert,
@@ -104,6 +106,24 @@ class Sensing:
         self._stack = contextlib.AsyncExitStack()
         self._flushes: set[asyncio.Task[None]] = set()
 
+    def add_port_listener(self, listener: Callable[[str, bool], None]) -> None:
+        """Also tell ``listener`` ``(port name, up)`` whenever a serial port opens or closes."""
+        self._port_listeners.append(listener)
+
+    def device_presence(self, kind: str, source: str, present: bool) -> None:
+        """A camera or microphone (``kind``) named ``source`` is present or not: device
+        rules watching it may fire."""
+        self.engine.on_device(kind, source, present)
+
+    def motion_watch(self) -> Callable[[], Awaitable[None]] | None:
+        """The loop feeding camera pictures to the motion rules, for a supervisor to run;
+        None when no rule watches motion or there is no camera."""
+        analyzer = self.engine.motion_analyzer()
+        camera = self._camera
+        if analyzer is None or camera is None:
+            return None
+        return lambda: analyzer.watch(camera)
+
     def add_control(self, handlers: dict[str, ControlHandler]) -> None:
         """Serve more operations on the control socket (``status`` comes from the daemon)."""
         self.control.add_handlers(handlers)
@@ -144,7 +164,19 @@ class Sensing:
             "posts": {"depth": posts.depth, "dropped": posts.dropped},
         }
 
-    def metrics(self) -> str:
+    def status_lines(self) -> list[str]:
+        """``edge-agent status`` lines: one per serial port, then one per event rule."""
+        lines = [
+            f"serial {name}: {port.get('state')} ({port.get('readings', 0)} readings)"
+            for name, port in self.sensors.status().items()
+        ]
+        lines.extend(
+            f"event {name}: {_fired_text(int(rule.get('fired', 0)))}"
+            for name, rule in self.engine.status().items()
+        )
+        return lines
+
+    def render_metrics(self) -> str:
         """Prometheus text of sensor reads and errors, events fired, and the outbox."""
         out = Exposition("edge_agent_")
         ports = self.sensors.status()
@@ -247,8 +279,8 @@ class Sensing:
 
     def _presence(self, name: str, up: bool) -> None:
         self.engine.on_device("serial", name, up)
-        if self._on_port is not None:
-            self._on_port(name, up)
+        for listener in self._port_listeners:
+            listener(name, up)
 
     async def _serve_sensors(self, session: ChannelSession) -> None:
         subscription = self.sensors.subscribe(ReadingFilter())
@@ -310,6 +342,13 @@ async def _write(bridge: Any, message: str | bytes, session: ChannelSession) -> 
         session.send_json(_error("FORBIDDEN", getattr(exc, "message", str(exc))))
     else:
         session.send_json({"ok": True, "written": len(message)})
+
+
+def _fired_text(count: int) -> str:
+    """How often a rule fired, in words: "not fired yet", "fired once", "fired 3 times"."""
+    if count == 0:
+        return "not fired yet"
+    return "fired once" if count == 1 else f"fired {count} times"
 
 
 def _error(code: str, message: str) -> dict[str, Any]:

@@ -199,7 +199,7 @@ async def test_preload_loads_the_media_stack_before_ready(tmp_path: Path) -> Non
         assert agent.calls.loaded
         assert agent.desk is not None
         assert agent.media is not None
-        assert "edge_agent_media_stack_loaded 1" in agent._render_metrics()
+        assert "edge_agent_media_stack_loaded 1" in agent.parts.render_metrics()
     finally:
         agent.request_stop()
         async with asyncio.timeout(WAIT):
@@ -261,7 +261,7 @@ async def test_a_stack_that_cannot_load_refuses_calls_and_says_why(
                 async with asyncio.timeout(WAIT):
                     await connector.connection
         assert agent.calls is not None
-        status = await agent._control_status({})
+        status = await agent.parts.control_status({})
         assert "agent_test_not_installed" in status["media_stack"]["failure"]
         assert any("media stack failed to load" in line for line in status["lines"])
         with pytest.raises(StackLoadError):
@@ -292,7 +292,7 @@ async def test_calls_disabled_are_refused_without_loading_the_stack(tmp_path: Pa
                 await connector.connection
         assert agent.calls is not None
         assert not agent.calls.loaded
-        assert "edge_agent_calls_active" not in agent._render_metrics()
+        assert "edge_agent_calls_active" not in agent.parts.render_metrics()
         await alice.close_realtime()
     finally:
         agent.request_stop()

@@ -93,7 +93,7 @@ async def test_a_serial_alarm_reaches_the_group_and_the_outbox_delivers_the_aler
         stats = sensing.outbox.stats()
         assert (stats.delivered, stats.depth) == (1, 0)
         assert sensing.sensors.latest()["meter"].line == "ALARM smoke"
-        metrics = sensing.metrics()
+        metrics = sensing.render_metrics()
         assert 'edge_agent_events_fired_total{rule="alarm"} 1' in metrics
         assert 'edge_agent_sensor_readings_total{port="meter"} 2' in metrics
         assert 'edge_agent_sensor_up{port="meter"} 1' in metrics
@@ -175,7 +175,7 @@ async def test_posts_wait_out_a_link_outage_in_order_and_telemetry_keeps_the_lat
         async with asyncio.timeout(TIMEOUT):
             await sensing.posts.wait_empty()
         assert sensing.posts.stats().delivered == 100
-        assert "edge_agent_posts_queued 0" in sensing.metrics()
+        assert "edge_agent_posts_queued 0" in sensing.render_metrics()
     finally:
         await sensing.close()
         await device.close_realtime()

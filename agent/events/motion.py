@@ -7,22 +7,32 @@ buffers), so scoring costs the same whatever the camera's resolution, and only o
 interval is analysed: motion needs no more, and a Pi's CPU is busy encoding.
 
 ``motion_score`` is pure (bytes in, a number out) and needs no numpy; ``MotionAnalyzer``
-decides which frames to look at and hands scores to the events engine.
+decides which frames to look at and hands scores to the events engine; its ``watch`` loop
+takes pictures from the camera's snapshot path and decodes them with PyAV, imported on the
+first picture so that an agent without a motion rule never loads it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
+import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Final
 
+from agent.errors import EdgeAgentError
 from agent.events.settings import Region
 
-__all__ = ["ANALYSIS_SIZE", "PIXEL_DELTA", "MotionAnalyzer", "motion_score"]
+__all__ = ["ANALYSIS_SIZE", "PIXEL_DELTA", "MotionAnalyzer", "decode_jpeg", "motion_score"]
+
+log = logging.getLogger(__name__)
 
 # A change of a tenth of the brightness range: above sensor noise in daylight and indoors.
 PIXEL_DELTA: Final = 25
 ANALYSIS_SIZE: Final = (64, 48)
+# After a picture that could not be taken: the camera is reopened, no need to hurry.
+RETRY_SECONDS: Final = 1.0
 
 MotionSink = Callable[[float, Region | None], None]
 
@@ -118,6 +128,38 @@ class MotionAnalyzer:
             )
             self._sink(score, region)
         return True
+
+    async def watch(
+        self, snapshot: Callable[[], Awaitable[bytes]], *, retry_seconds: float = RETRY_SECONDS
+    ) -> None:
+        """Score one picture per interval, until cancelled.
+
+        Pictures come through the snapshot path, which keeps the camera open while they
+        are asked for more often than it lingers; each JPEG is decoded off the loop. A
+        picture that cannot be had or decoded is logged and tried again after
+        ``retry_seconds``.
+        """
+        while True:
+            try:
+                jpeg = await snapshot()
+                frame = await asyncio.to_thread(decode_jpeg, jpeg)
+            except (TimeoutError, EdgeAgentError, ValueError) as exc:
+                log.warning("motion: no picture this round: %s", exc)
+                await asyncio.sleep(retry_seconds)
+                continue
+            self.feed_frame(frame)
+            await asyncio.sleep(self.seconds_until_due())
+
+
+def decode_jpeg(jpeg: bytes) -> Any:
+    """The first picture of a JPEG as a PyAV ``VideoFrame`` (blocking: run it off the loop).
+
+    PyAV is imported here, not at the top: the media stack loads on first need.
+    """
+    import av
+
+    with av.open(io.BytesIO(jpeg), mode="r", format="mjpeg") as container:
+        return next(container.decode(video=0))
 
 
 def _check_buffer(buffer: bytes, width: int, height: int, stride: int, step: int) -> None:

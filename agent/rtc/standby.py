@@ -34,6 +34,7 @@ from agent.exposition import Exposition, labelled
 from agent.protocol import CID_PREFIX, HubFrame
 from agent.rtc.datachannels import ChannelRegistry
 from agent.rtc.errors import StackLoadError
+from agent.rtc.figures import CallFigureWatch
 
 if TYPE_CHECKING:
     from agent.media import MediaEvent, MediaHub, MediaStats, TalkbackSink
@@ -112,7 +113,7 @@ class CallStandby:
         video: VideoSettings,
         audio: AudioSettings,
         accounts: _AccountStore | None = None,
-        on_media_event: Callable[[MediaEvent], None] | None = None,
+        on_device: Callable[[str, str, bool], None] | None = None,
         status_extra: Callable[[], Mapping[str, Any]] | None = None,
         on_calls: Callable[[int], None] | None = None,
     ) -> None:
@@ -127,7 +128,8 @@ class CallStandby:
             audio: ``[audio]``, the microphone and talk-back.
             accounts: The embedded hub's accounts, for callers' names and roles (None: ask
                 the hub).
-            on_media_event: Also told of the media hub's capture events.
+            on_device: Told ``(kind, source, present)`` when the camera or microphone
+                opens, fails or goes away (``kind`` is ``camera`` or ``microphone``).
             status_extra: More fields for the desk's ``status`` command.
             on_calls: Called with the number of calls whenever it changes.
         """
@@ -135,7 +137,7 @@ class CallStandby:
         self._device = device
         self._settings = (calls, video, audio)
         self._accounts = accounts
-        self._on_media_event = on_media_event
+        self._on_device = on_device
         self._status_extra = status_extra
         self._on_calls = on_calls
         self.channels = ChannelRegistry()
@@ -145,6 +147,7 @@ class CallStandby:
         self.desk: CallDesk | None = None
         self.load_seconds: float | None = None  # how long the first need waited for the stack
         self.failure: StackLoadError | None = None
+        self.figures = CallFigureWatch(lambda: self.desk)  # per-call figures, kept fresh
         self._pending: deque[HubFrame] = deque()
         self._overflowed = False
         self._loading: asyncio.Task[None] | None = None
@@ -195,6 +198,26 @@ class CallStandby:
             "failure": None if self.failure is None else str(self.failure),
             "modules": heavy_modules_loaded(),
         }
+
+    def stack_words(self) -> str:
+        """The media stack's state in words, for the status's memory line."""
+        if self.failure is not None:
+            return f"media stack failed to load: {self.failure}"
+        if self.load_seconds is None:
+            return "media stack not loaded (loads on the first call or snapshot)"
+        return f"media stack loaded in {self.load_seconds * 1000:.0f} ms"
+
+    def status_lines(self) -> list[str]:
+        """``edge-agent status`` lines: viewers once the stack is loaded, one per call."""
+        viewers = [] if self.media is None else [f"media: {self.media.viewers} viewers"]
+        return viewers + self.figures.lines()
+
+    def render_metrics(self) -> str:
+        """Prometheus text of :meth:`add_metrics` and the per-call figures."""
+        out = Exposition("edge_agent_")
+        self.add_metrics(out)
+        self.figures.add_metrics(out)
+        return out.render()
 
     def add_metrics(self, out: Exposition) -> None:
         """Calls, the media stack and the media hub, as Prometheus families (the same
@@ -332,10 +355,19 @@ class CallStandby:
         self._client.set_rtc_handler(None)
 
     def _media_event(self, event: MediaEvent) -> None:
+        from agent.media import MediaEventKind
+
         if self.desk is not None:
             self.desk.media_event(event)
-        if self._on_media_event is not None:
-            self._on_media_event(event)
+        present = {
+            MediaEventKind.SOURCE_OPENED: True,
+            MediaEventKind.SOURCE_FAILED: False,
+            MediaEventKind.SOURCE_LOST: False,
+        }.get(event.kind)
+        if present is not None and self._on_device is not None:
+            # Rules may watch the camera and microphone come and go.
+            kind = "camera" if event.media == "video" else "microphone"
+            self._on_device(kind, event.source, present)
 
     def _refuse(self, frames: list[HubFrame]) -> None:
         """Answer the offers among ``frames`` with ``hungup``: the callers stop waiting."""

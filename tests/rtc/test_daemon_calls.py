@@ -71,8 +71,11 @@ async def test_the_agent_answers_with_its_configured_camera_and_counts_calls(
         [second] = await agent.desk.call_figures()
         assert second.bitrate_bps is not None
         assert second.bitrate_bps > 0
-        agent._call_figures = [second]
-        metrics = agent._render_metrics()
+        # The calls part keeps them fresh for /metrics (read now rather than in 5 s).
+        assert agent.calls is not None
+        await agent.calls.figures.refresh()
+        assert [f.cid for f in agent.calls.figures.figures] == [second.cid]
+        metrics = agent.parts.render_metrics()
         assert f'edge_agent_call_ice_setup_seconds{{call="{second.cid}"}}' in metrics
         assert 'edge_agent_calls_by_route{route="host"} 1' in metrics
         assert "edge_agent_calls_total 1" in metrics

@@ -19,17 +19,19 @@ from agent.systemd import Notifier
 from .conftest import LOOPBACK, WAIT, Inbox, Viewer
 
 
-class PortWatchingAgent(Agent):
-    """The agent, with an event set once both serial ports are open."""
+def ports_up(agent: Agent, names: tuple[str, ...]) -> asyncio.Event:
+    """An event set once every port in ``names`` is open (they may be open already): the
+    sensing part tells its listeners after the status board."""
+    event = asyncio.Event()
 
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
-        super().__init__(settings, **kwargs)
-        self.both_ports_up = asyncio.Event()
+    def changed(_name: str = "", _up: bool = True) -> None:
+        if agent.board.status.sensors == tuple((name, True) for name in names):
+            event.set()
 
-    def _port_changed(self, name: str, up: bool) -> None:
-        super()._port_changed(name, up)
-        if self.board.status.sensors == (("meter", True), ("valve", True)):
-            self.both_ports_up.set()
+    assert agent.sensing is not None
+    agent.sensing.add_port_listener(changed)
+    changed()
+    return event
 
 
 def on(viewer: Viewer, label: str) -> list[dict[str, Any]]:
@@ -51,11 +53,12 @@ async def test_sensor_readings_stream_and_serial_writes_are_checked(tmp_path: Pa
             {"name": "valve", "port": valve.path, "writable": True, "allow": ["OPEN|CLOSE"]},
         ],
     })  # fmt: skip
-    agent = PortWatchingAgent(settings, notifier=Notifier(None))
+    agent = Agent(settings, notifier=Notifier(None))
     running = asyncio.create_task(agent.run())
     try:
         async with asyncio.timeout(WAIT):
             await agent.wait_connected()
+        both_ports_up = ports_up(agent, ("meter", "valve"))
         assert agent.hub is not None
         account = await asyncio.to_thread(agent.hub.accounts.add, "ops", None, Role.ADMIN)
         ops = RealtimeClient(
@@ -87,7 +90,7 @@ async def test_sensor_readings_stream_and_serial_writes_are_checked(tmp_path: Pa
         # Both ports open (their reader threads report to the status board); bytes written
         # before a port opens would be flushed by the open.
         async with asyncio.timeout(WAIT):
-            await agent.both_ports_up.wait()
+            await both_ports_up.wait()
 
         # Readings arrive on "sensors".
         meter.send(b"T=21.5\n")
