@@ -15,7 +15,7 @@ import httpx
 import psycopg
 import pytest
 from postgres import PASSWORD
-from push.loopback import LoopbackPushService, Received, TlsFiles
+from push.loopback import LoopbackPushService, Received
 from recovery.processes import Account, AgentProcess, HubProcess, agent_config
 from rtc.conftest import Inbox
 
@@ -191,15 +191,6 @@ async def test_a_killed_nodes_clients_move_and_presence_converges(cluster: Clust
     for inbox in (ed_in, fay_in):
         got = await inbox.wait_for("message", sender=dora_id)
         assert got.message == {"after": "the loss"}
-
-
-@pytest.fixture
-async def service(tmp_path: Path) -> AsyncIterator[LoopbackPushService]:
-    push_service = LoopbackPushService(TlsFiles.make(tmp_path))
-    await push_service.start()
-    yield push_service
-    await push_service.stop()
-    assert push_service.problems == []
 
 
 async def test_alerts_sent_through_a_node_that_is_killed_arrive_once_each(

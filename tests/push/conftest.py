@@ -1,4 +1,5 @@
-"""A real hub with web push on 127.0.0.1 port 0, and a loopback HTTPS push service."""
+"""A real hub with web push on 127.0.0.1 port 0 (the loopback push service, ``service``,
+is tests/conftest.py's)."""
 
 from __future__ import annotations
 
@@ -102,20 +103,6 @@ def push_settings(tls: TlsFiles, **overrides: Any) -> PushSettings:
 
 
 HubFactory = Callable[..., Awaitable[PushHub]]
-
-
-@pytest.fixture
-def tls(tmp_path: Path) -> TlsFiles:
-    return TlsFiles.make(tmp_path)
-
-
-@pytest.fixture
-async def service(tls: TlsFiles) -> AsyncIterator[LoopbackPushService]:
-    push_service = LoopbackPushService(tls)
-    await push_service.start()
-    yield push_service
-    await push_service.stop()
-    assert push_service.problems == []
 
 
 @pytest.fixture

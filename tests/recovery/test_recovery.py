@@ -69,20 +69,6 @@ class Site:
 
 
 @pytest.fixture
-def tls(tmp_path: Path) -> TlsFiles:
-    return TlsFiles.make(tmp_path)
-
-
-@pytest.fixture
-async def service(tls: TlsFiles) -> AsyncIterator[LoopbackPushService]:
-    push_service = LoopbackPushService(tls)
-    await push_service.start()
-    yield push_service
-    await push_service.stop()
-    assert push_service.problems == []
-
-
-@pytest.fixture
 async def site(tmp_path: Path, tls: TlsFiles, service: LoopbackPushService) -> AsyncIterator[Site]:
     made = Site(tmp_path, tls, service)
     yield made
