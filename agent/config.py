@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -54,6 +54,7 @@ from pydantic_settings import (
 from agent.durations import parse_duration
 from agent.errors import ConfigError
 from agent.events.settings import EventRule, check_rules
+from agent.logs import MASK, redact_url
 from agent.media.settings import AudioSettings, VideoSettings
 from agent.protocol import Limits, is_user_id
 from agent.push.settings import PushSettings
@@ -79,7 +80,7 @@ __all__ = [
 
 ENV_PREFIX: Final = "EDGE_AGENT_"
 ENV_CONFIG: Final = "EDGE_AGENT_CONFIG"
-REDACTED: Final = "********"
+REDACTED: Final = MASK  # agent.logs masks secrets in logs the same way
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
 # Account names as the hub accepts them (agent/hub/accounts.py): plain words people type.
@@ -87,8 +88,6 @@ _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _WS_SCHEMES: Final = ("ws", "wss", "http", "https")
 _HTTP_SCHEMES: Final = ("http", "https")
 _REDIS_SCHEMES: Final = ("redis", "rediss")
-# Query parameters whose values are credentials (a hub URL may carry ?token=JWT).
-_SECRET_PARAM_RE: Final = re.compile(r"token|secret|password|passwd|key|auth", re.IGNORECASE)
 _MAX_SHOWN_INPUT: Final = 80
 _MIN_TURN_SECRET: Final = 16
 # The wire protocol refuses longer group names; refuse them here, where the typo is.
@@ -296,7 +295,7 @@ class HubSettings(_Section):
         if value == "memory" or (parts.scheme.lower() in _REDIS_SCHEMES and parts.hostname):
             return value
         raise ValueError(
-            f'{_redact_url(value)!r} is not a backplane: use "memory" (one hub process) or '
+            f'{redact_url(value)!r} is not a backplane: use "memory" (one hub process) or '
             "redis://HOST[:PORT][/DB] or rediss://HOST[:PORT][/DB] (several hub nodes)"
         )
 
@@ -586,7 +585,7 @@ def _shown_input(value: object, loc: tuple[Any, ...]) -> str | None:
     if not isinstance(value, str | int | float | bool) or _is_secret(loc):
         return None
     if isinstance(value, str) and "://" in value:
-        value = _redact_url(value)
+        value = redact_url(value)
     shown = repr(value)
     return shown if len(shown) <= _MAX_SHOWN_INPUT else None
 
@@ -806,33 +805,15 @@ def _redact_scalar(value: Any) -> Any:
     if isinstance(value, Path | enum.Enum):
         return str(value.value if isinstance(value, enum.Enum) else value)
     if isinstance(value, str) and "://" in value:
-        return _redact_url(value)
+        return redact_url(value)
     return value
-
-
-def _redact_url(text: str) -> str:
-    """``text`` with a password in its userinfo and credential query values redacted."""
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return text
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(f":{parts.password}@", f":{REDACTED}@", 1)
-    query = parts.query
-    pairs = parse_qsl(query, keep_blank_values=True)
-    if any(_SECRET_PARAM_RE.search(name) for name, _ in pairs):
-        query = urlencode(
-            [(n, REDACTED if _SECRET_PARAM_RE.search(n) else v) for n, v in pairs], safe="*"
-        )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _check_url(value: str, schemes: tuple[str, ...]) -> str:
     parts = urlsplit(value.strip())
     if parts.scheme.lower() not in schemes or not parts.hostname:
         raise ValueError(
-            f"{_redact_url(value)!r} is not a URL this setting accepts: use "
+            f"{redact_url(value)!r} is not a URL this setting accepts: use "
             + " or ".join(f"{scheme}://HOST[:PORT]/..." for scheme in schemes)
         )
     return value.strip()

@@ -12,7 +12,9 @@ that optional extra is installed, otherwise as a datagram of the journal's nativ
 composed by the pure :func:`journal_fields` and :func:`encode_journal_entry`.
 
 Every handler carries :class:`RedactSecrets`, so a token, password or private key that
-slips into a message is masked before it is written anywhere.
+slips into a message is masked before it is written anywhere. :func:`redact` and
+:func:`redact_url` are the project's one masking of secrets in text and in URLs: the
+client's and the hub's log filters and ``config show`` use them too.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ __all__ = [
     "parse_journal_stream",
     "parse_level",
     "redact",
+    "redact_url",
 ]
 
 JOURNAL_SOCKET: Final = "/run/systemd/journal/socket"
@@ -74,6 +77,14 @@ _FIELD_NAME_RE: Final = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 # journald reads datagrams up to this size; bigger entries go through a sealed memfd.
 _MAX_DATAGRAM: Final = 128 * 1024
 _OURS: Final = "_edge_agent_handler"
+# URL query or fragment parameters whose values are credentials: ?token=JWT, ?access_key=..,
+# &password=.., &sig=.. (signed URLs), #access_token=.. (RFC 6749 4.2.2: in the fragment).
+_SECRET_PARAMS_RE: Final = re.compile(
+    r"([?&;#](?:[^=&;#]*(?:token|secret|passw(?:or)?d|pwd|auth|credential|signature)[^=&;#]*"
+    r"|[^=&;#]*key|sig)=)[^&;#]*",
+    re.IGNORECASE,
+)
+_MASK_PARAM: Final = rf"\1{MASK}"
 _REDACTED: Final = "_edge_agent_redacted"
 
 JournalSink = Callable[[Mapping[str, str]], None]
@@ -209,8 +220,8 @@ _SECRET_PATTERNS: Final[
     (re.compile(r"\beyJ[A-Za-z0-9_-]{6,}(?:\.[A-Za-z0-9_-]*){0,2}"), MASK),
     # "Authorization: Bearer x", "Basic x".
     (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.I), rf"\1 {MASK}"),
-    # user:password@ in URLs.
-    (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), rf"\1{MASK}@"),
+    # URLs: the password of their userinfo, credential query parameters (redact_url).
+    (re.compile(r"(?:\b[A-Za-z][A-Za-z0-9+.-]*)?://[^\s'\"<>]+"), lambda m: redact_url(m[0])),
     # JSON "password": "x" and friends.
     (
         re.compile(
@@ -232,10 +243,36 @@ _SECRET_PATTERNS: Final[
 
 
 def redact(text: str) -> str:
-    """``text`` with tokens, passwords and private keys replaced by :data:`MASK`."""
+    """``text`` with tokens, passwords and private keys replaced by :data:`MASK`.
+
+    URLs in it are masked as :func:`redact_url` does.
+    """
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its userinfo and the values of credential parameters
+    (``token``, ``secret``, ``password``, ``key``, ``auth``, ... in the query or fragment)
+    replaced by :data:`MASK`; every other character kept as it was. Never raises.
+
+    ``postgresql://hub:pw@db/edge``, ``redis://:pw@r`` and ``wss://hub/ws?token=JWT`` become
+    ``postgresql://hub:********@db/edge``, ``redis://:********@r`` and
+    ``wss://hub/ws?token=********``. Text is scanned, not parsed, so that a URL that is not
+    valid (RFC 3986 section 3) is masked too: the password is everything between the
+    userinfo's first ``:`` and the last ``@`` before the query, so a generated password
+    with ``/`` or ``@`` in it, pasted unencoded, is masked whole.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    query = next((i for i, char in enumerate(rest) if char in "?#"), len(rest))
+    at = rest.rfind("@", 0, query)
+    user, colon, _ = rest[: max(at, 0)].partition(":")
+    if colon and "/" not in user:
+        rest = f"{user}:{MASK}{rest[at:]}"
+    return scheme + sep + _SECRET_PARAMS_RE.sub(_MASK_PARAM, rest)
 
 
 class RedactSecrets(logging.Filter):

@@ -392,6 +392,79 @@ def test_redacted_hides_tokens_and_url_credentials(tmp_path: Path) -> None:
     assert data["hub"]["limits"]["rate_burst"] == 100
 
 
+@pytest.mark.parametrize(
+    ("database", "backplane", "shown_database", "shown_backplane"),
+    [
+        (
+            "postgresql://u:pw-db-1@h/db",
+            "redis://:pw-bp-1@h",
+            f"postgresql://u:{REDACTED}@h/db",
+            f"redis://:{REDACTED}@h",
+        ),
+        (
+            "postgres://hub:pw-db-2@db.lan:5432/edge?sslmode=require&password=pw-db-3",
+            "rediss://node:pw-bp-2@redis.lan:6380/2",
+            f"postgres://hub:{REDACTED}@db.lan:5432/edge?sslmode=require&password={REDACTED}",
+            f"rediss://node:{REDACTED}@redis.lan:6380/2",
+        ),
+    ],
+)
+def test_config_show_never_prints_a_password_in_a_url(
+    tmp_path: Path, database: str, backplane: str, shown_database: str, shown_backplane: str
+) -> None:
+    # The masking is agent.logs.redact_url, the same the log filters use; a real process.
+    from agent.logs import redact, redact_url
+
+    path = write(tmp_path, f'[hub]\ndatabase = "{database}"\nbackplane = "{backplane}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("EDGE_AGENT_")}
+    outputs = []
+    for extra in ([], ["--json"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "config", "show", *extra, "--config", str(path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=CONFIG_DIR.parent,
+            timeout=60,
+            check=False,
+        )
+        assert (done.returncode, done.stderr) == (0, "")
+        outputs.append(done.stdout)
+    assert json.loads(outputs[1])["hub"]["database"] == shown_database
+    assert json.loads(outputs[1])["hub"]["backplane"] == shown_backplane
+    assert f'database = "{shown_database}"' in outputs[0]
+    for output in outputs:
+        assert "pw-" not in output
+    assert (redact_url(database), redact(f"connecting to {backplane}")) == (
+        shown_database,
+        f"connecting to {shown_backplane}",
+    )
+
+
+def test_url_redaction_keeps_everything_but_the_secrets() -> None:
+    from agent.logs import redact_url
+
+    assert redact_url("wss://hub.lan/ws?x=a%20b+c&token=T&keyframe=1#top") == (
+        f"wss://hub.lan/ws?x=a%20b+c&token={REDACTED}&keyframe=1#top"
+    )
+    # Generated passwords with / or @ pasted unencoded are masked whole.
+    assert redact_url("redis://u:p@ss/w+rd=@r:1/0") == f"redis://u:{REDACTED}@r:1/0"
+    assert redact_url("redis://u:p@ss@r:1/0") == f"redis://u:{REDACTED}@r:1/0"
+    assert redact_url("https://[::1]:8443/?access_key=K&sig=S") == (
+        f"https://[::1]:8443/?access_key={REDACTED}&sig={REDACTED}"
+    )
+    plain_urls = (
+        "sqlite",
+        "memory",
+        "redis://r:6379/0",
+        "postgresql://hub@db/edge",
+        "https://h/users/a:b@c",  # a path, not userinfo
+        "a:b@c",
+    )
+    for plain in plain_urls:
+        assert redact_url(plain) == plain
+
+
 def test_redacted_keeps_unset_secrets_as_none() -> None:
     data = Settings().redacted()
     assert data["connect"]["token"] is None
