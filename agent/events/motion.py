@@ -155,11 +155,17 @@ def decode_jpeg(jpeg: bytes) -> Any:
     """The first picture of a JPEG as a PyAV ``VideoFrame`` (blocking: run it off the loop).
 
     PyAV is imported here, not at the top: the media stack loads on first need.
+
+    Raises:
+        ValueError: the bytes hold no picture (PyAV's ``InvalidDataError`` is one too).
     """
     import av
 
     with av.open(io.BytesIO(jpeg), mode="r", format="mjpeg") as container:
-        return next(container.decode(video=0))
+        for frame in container.decode(video=0):
+            return frame
+    # Not StopIteration: it cannot cross asyncio.to_thread's future.
+    raise ValueError(f"no picture in {len(jpeg)} bytes of JPEG")
 
 
 def _check_buffer(buffer: bytes, width: int, height: int, stride: int, step: int) -> None:

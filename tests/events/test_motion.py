@@ -1,11 +1,21 @@
-"""Frame-difference motion scores: pure on byte buffers, and on real PyAV frames."""
+"""Frame-difference motion scores: pure on byte buffers, and on real PyAV frames; the watch
+loop on real JPEGs, riding out pictures that cannot be had or decoded."""
 
 from __future__ import annotations
+
+import asyncio
 
 import av
 import pytest
 
-from agent.events.motion import ANALYSIS_SIZE, PIXEL_DELTA, MotionAnalyzer, motion_score
+from agent.errors import RealtimeError
+from agent.events.motion import (
+    ANALYSIS_SIZE,
+    PIXEL_DELTA,
+    MotionAnalyzer,
+    decode_jpeg,
+    motion_score,
+)
 
 W, H = 8, 4
 
@@ -126,3 +136,61 @@ def test_analyzer_reads_pyav_frames() -> None:
     assert whole == pytest.approx(0.5, abs=0.05)
     assert right == pytest.approx(1.0, abs=0.05)
     assert region == (0.5, 0.0, 0.5, 1.0)
+
+
+def jpeg(level: int, width: int = 64, height: int = 48) -> bytes:
+    """A real JPEG of one gray level, encoded by FFmpeg's MJPEG encoder."""
+    codec = av.CodecContext.create("mjpeg", "w")
+    codec.width, codec.height, codec.pix_fmt = width, height, "yuvj420p"
+    picture = av.VideoFrame(width, height, "gray")
+    picture.planes[0].update(bytes([level]) * (picture.planes[0].line_size * height))
+    packets = codec.encode(picture.reformat(format="yuvj420p"))
+    return b"".join(bytes(packet) for packet in packets)
+
+
+@pytest.mark.parametrize("data", [b"", b"not a jpeg"])
+def test_bytes_without_a_picture_are_a_value_error(data: bytes) -> None:
+    with pytest.raises(ValueError, match=r"no picture|Invalid data"):
+        decode_jpeg(data)
+
+
+def test_a_jpeg_decodes_to_its_picture() -> None:
+    picture = decode_jpeg(jpeg(200, 32, 16))
+    assert (picture.width, picture.height) == (32, 16)
+
+
+async def test_the_watch_scores_pictures_and_rides_out_bad_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    scored = asyncio.Event()
+    sink = Sink()
+
+    def record(score: float, region: object) -> None:
+        sink(score, region)
+        scored.set()
+
+    analyzer = MotionAnalyzer(record, regions=[None], interval_seconds=0.01)
+    pictures: list[bytes | Exception] = [
+        RealtimeError("DEVICE_NOT_FOUND", "Requested media device not found."),
+        b"",  # no picture at all
+        b"not a jpeg",
+        jpeg(0),  # the baseline
+        jpeg(255),  # every pixel changed
+    ]
+
+    async def snapshot() -> bytes:
+        item = pictures.pop(0) if pictures else jpeg(255)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    watch = asyncio.create_task(analyzer.watch(snapshot, retry_seconds=0))
+    try:
+        async with asyncio.timeout(10):
+            await scored.wait()
+    finally:
+        watch.cancel()
+    with pytest.raises(asyncio.CancelledError):  # still running: the bad pictures did not end it
+        await watch
+    assert sink.scores[0] == (pytest.approx(1.0, abs=0.05), None)
+    assert caplog.text.count("motion: no picture this round") == 3
