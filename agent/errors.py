@@ -2,7 +2,9 @@
 
     EdgeAgentError
      ├── RealtimeError      code + message as in the realtime API reference
-     │    └── DeviceNotFoundError   DEVICE_NOT_FOUND, names the device when known
+     │    ├── DeviceNotFoundError   DEVICE_NOT_FOUND, names the device when known
+     │    └── HubRequestError       an HTTP call to the hub failed (``status``; ``None``:
+     │                              the hub was not reached or its answer not read)
      ├── ConfigError        file, key and line of a bad setting
      ├── AccountError       duplicate name, bad password input, bad grant
      │    └── AccountNotFoundError  no account of that name (``name``)
@@ -16,8 +18,8 @@
      ├── EventError         (agent.events.errors) UnknownRuleError, ControlError, LinkDownError
      ├── StackLoadError     (agent.rtc.errors) the media stack cannot be loaded
      └── BackplaneError     (agent.hub.backplane) BackplaneDown (its Redis is away)
-    RealtimeError also roots CallEndedError (agent.rtc.errors) and HubRequestError
-    (agent.push.errors), which carry the reference's codes.
+    RealtimeError also roots CallEndedError (agent.rtc.errors), which carries the
+    reference's codes.
 
 A frame the hub cannot accept is not an exception: :class:`agent.protocol.ProtocolError` is
 the value the pure parser returns, answered as ``#error``. The reference API's codes and
@@ -37,6 +39,7 @@ __all__ = [
     "ConfigError",
     "DeviceNotFoundError",
     "EdgeAgentError",
+    "HubRequestError",
     "RealtimeError",
     "Texts",
 ]
@@ -99,6 +102,16 @@ class DeviceNotFoundError(RealtimeError):
     def __init__(self, device: str | None = None, message: str = Texts.DEVICE_NOT_FOUND) -> None:
         super().__init__(Codes.DEVICE_NOT_FOUND, message)
         self.device = device
+
+
+class HubRequestError(RealtimeError):
+    """A call to the hub's HTTP API failed: the hub's code and message, and the HTTP
+    ``status`` for retry policy (``None`` when the hub was not reached or its answer was
+    unusable)."""
+
+    def __init__(self, code: str, message: str, *, status: int | None = None) -> None:
+        super().__init__(code, message)
+        self.status = status
 
 
 class ConfigError(EdgeAgentError):

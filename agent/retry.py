@@ -1,7 +1,9 @@
 """Reconnect policy as pure code: how long to wait, and whether a failure is worth a retry.
 
-Nothing here sleeps or touches a socket; the client's connection loop asks these functions
-and does the waiting itself, so the policy is tested without an event loop.
+Nothing here sleeps, touches a socket or knows a network library: the client's connection
+loop turns what went wrong into a :class:`Failure` (:mod:`agent.client.failures` reads the
+WebSocket library's exceptions), asks a schedule how long to wait and does the waiting
+itself, so the policy is tested without an event loop.
 
 Delays use "full jitter" (a uniform draw between zero and the capped exponential delay):
 many devices that lost the same hub at the same moment then spread their reconnects over
@@ -21,23 +23,12 @@ from __future__ import annotations
 
 import enum
 import random
-import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from websockets.exceptions import (
-    ConnectionClosed,
-    InvalidHandshake,
-    InvalidProxy,
-    InvalidStatus,
-    InvalidURI,
-)
-
-from agent.errors import Codes
-
 __all__ = [
-    "RESTART_CLOSE_CODES",
+    "Failure",
     "FixedBackoff",
     "Reconnect",
     "ReconnectPolicy",
@@ -45,24 +36,8 @@ __all__ = [
     "Verdict",
     "backoff",
     "capped_delay",
-    "classify",
     "full_jitter",
-    "is_restart",
-    "is_retryable",
-    "refusal_code",
 ]
-
-# HTTP statuses on the upgrade request that a later attempt can get past on its own:
-# timeout, too early, too many requests (RFC 9110 15.5.9, RFC 8470, RFC 6585 4).
-_TRANSIENT_STATUSES: Final = frozenset({408, 425, 429})
-# The hub closes an open connection with 4000 + an HTTP status when it refuses it later
-# (the 4000-4999 range is the application's, RFC 6455 7.4.2).
-# Of those, only a refused token calls for slowing down; idle (4408), slow reader (4409)
-# and too many connections (4429) are over once the next connection starts.
-_REFUSED_CLOSE_CODES: Final = frozenset({4401, 4403})
-# Close codes of a server that is going away on purpose and will be back: 1001 going away
-# (RFC 6455 7.4.1) and 1012 service restart (IANA WebSocket close code registry).
-RESTART_CLOSE_CODES: Final = frozenset({1001, 1012})
 
 
 class Verdict(enum.Enum):
@@ -71,6 +46,15 @@ class Verdict(enum.Enum):
     RETRY = "retry"  # transient: back off exponentially and try again
     RETRY_AT_CAP = "retry_at_cap"  # refused (token, path, certificate): report, retry slowly
     GIVE_UP = "give_up"  # a bad setting or a bug that no retry can fix
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What one failed attempt or ended connection means to a schedule."""
+
+    verdict: Verdict
+    # The server said it is going away to come back (a restart): a new, short outage.
+    restart: bool = False
 
 
 def backoff(
@@ -119,65 +103,6 @@ def capped_delay(cap: float = 30.0, jitter: Callable[[], float] = random.random)
     return cap / 2 + jitter() * cap / 2
 
 
-def is_restart(exc: BaseException) -> bool:
-    """Whether the hub closed the connection because it is restarting (1012 or 1001)."""
-    return (
-        isinstance(exc, ConnectionClosed)
-        and exc.rcvd is not None
-        and exc.rcvd.code in RESTART_CLOSE_CODES
-    )
-
-
-def classify(exc: BaseException) -> Verdict:
-    """Decide what a failed or ended connection calls for."""
-    if isinstance(exc, InvalidStatus):
-        return _classify_status(exc.response.status_code)
-    if isinstance(exc, ConnectionClosed):
-        return _classify_close(exc.rcvd.code if exc.rcvd is not None else None)
-    if isinstance(exc, InvalidURI | InvalidProxy):
-        return Verdict.GIVE_UP
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        # The hub's certificate is not trusted: an operator has to act, but may do so
-        # without restarting every device, so keep trying slowly.
-        return Verdict.RETRY_AT_CAP
-    if isinstance(exc, InvalidHandshake | OSError | TimeoutError | EOFError):
-        return Verdict.RETRY
-    return Verdict.GIVE_UP
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """Whether the connection loop should try again after ``exc`` (sooner or later)."""
-    return classify(exc) is not Verdict.GIVE_UP
-
-
-def refusal_code(exc: BaseException) -> str | None:
-    """The error code to report when the hub refused the token, else ``None``."""
-    if isinstance(exc, InvalidStatus):
-        code = exc.response.status_code
-    elif isinstance(exc, ConnectionClosed) and exc.rcvd is not None:
-        code = exc.rcvd.code - 4000
-    else:
-        return None
-    return {401: Codes.UNAUTHORIZED, 403: Codes.FORBIDDEN}.get(code)
-
-
-def _classify_status(status: int) -> Verdict:
-    if status >= 500 or status in _TRANSIENT_STATUSES:
-        return Verdict.RETRY
-    # 401/403 (token rejected), 404 (wrong path behind a proxy) and the like: the hub or
-    # its proxy may be fixed or restored while this device runs, so never stop, but do
-    # not hammer it either.
-    return Verdict.RETRY_AT_CAP
-
-
-def _classify_close(code: int | None) -> Verdict:
-    if code in _REFUSED_CLOSE_CODES:
-        return Verdict.RETRY_AT_CAP
-    # Going away (1001, a hub restart), policy closes (1008, rate limits), abnormal
-    # closures (1006): the next connection starts clean.
-    return Verdict.RETRY
-
-
 # -- reconnect schedules ------------------------------------------------------------------------
 
 _MAX_EXPONENT: Final = 64
@@ -190,8 +115,8 @@ class ReconnectSchedule(Protocol):
         """A connection opened at ``now``."""
         ...
 
-    def delay(self, error: BaseException, now: float) -> float:
-        """Seconds to wait after ``error`` (a failed attempt or an ended connection)."""
+    def delay(self, failure: Failure, now: float) -> float:
+        """Seconds to wait after ``failure`` (a failed attempt or an ended connection)."""
         ...
 
 
@@ -241,11 +166,11 @@ class Reconnect:
         """A connection opened at ``now``; the outage may be over (see ``stable_seconds``)."""
         self._opened_at = now
 
-    def delay(self, error: BaseException, now: float) -> float:
-        """Seconds to wait after ``error`` at ``now``."""
+    def delay(self, failure: Failure, now: float) -> float:
+        """Seconds to wait after ``failure`` at ``now``."""
         policy = self.policy
-        self._track_outage(error, now)
-        if classify(error) is Verdict.RETRY_AT_CAP:
+        self._track_outage(failure, now)
+        if failure.verdict is Verdict.RETRY_AT_CAP:
             return capped_delay(policy.refused_seconds, self._jitter)
         since = now if self._outage_since is None else self._outage_since
         late = now - since - policy.quick_window_seconds
@@ -254,10 +179,10 @@ class Reconnect:
         growth: float = policy.factor ** min(late / policy.doubling_seconds, _MAX_EXPONENT)
         return self._jitter() * min(policy.cap_seconds, policy.quick_seconds * growth)
 
-    def _track_outage(self, error: BaseException, now: float) -> None:
+    def _track_outage(self, failure: Failure, now: float) -> None:
         opened, self._opened_at = self._opened_at, None
         stable = opened is not None and now - opened >= self.policy.stable_seconds
-        if self._outage_since is None or stable or (opened is not None and is_restart(error)):
+        if self._outage_since is None or stable or (opened is not None and failure.restart):
             # A new outage: the first one, the end of a connection that had settled, or a
             # hub that said it restarts (it will be back soon whatever came before).
             self._outage_since = now
@@ -285,11 +210,11 @@ class FixedBackoff:
         """A connection opened at ``now``."""
         self._opened_at = now
 
-    def delay(self, error: BaseException, now: float) -> float:
+    def delay(self, failure: Failure, now: float) -> float:
         """The next delay of the backoff (restarted after a stable connection)."""
         opened, self._opened_at = self._opened_at, None
         if opened is not None and now - opened >= self._stable:
             self._delays = self._factory()
-        if classify(error) is Verdict.RETRY_AT_CAP:
+        if failure.verdict is Verdict.RETRY_AT_CAP:
             return capped_delay(self._refused, self._jitter)
         return next(self._delays)

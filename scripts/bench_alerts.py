@@ -48,7 +48,6 @@ from agent.hub import app as hub_app  # noqa: E402
 from agent.hub.accounts import Role  # noqa: E402
 from agent.hub.push_api import add_push_routes, has_push_routes  # noqa: E402
 from agent.hub.server import HubServer  # noqa: E402
-from agent.push.client_methods import PushMethods  # noqa: E402
 from agent.push.message import PushMessage  # noqa: E402
 from agent.push.outbox import OUTBOX_FILE, Outbox  # noqa: E402
 from agent.push.sender import WebPushSender, make_session  # noqa: E402
@@ -59,13 +58,6 @@ from agent.push.vapid import VapidSigner  # noqa: E402
 
 GROUP = "devices"
 TIMEOUT = 10.0
-
-if issubclass(RealtimeClient, PushMethods):
-    Client: type[Any] = RealtimeClient
-else:
-
-    class Client(PushMethods, RealtimeClient):  # type: ignore[no-redef]
-        pass
 
 
 class Stack:
@@ -88,7 +80,7 @@ class Stack:
         root = self.hub.accounts.add("root", None, Role.ADMIN)
         self.member = await self._client(self.hub.tokens.issue(alice, 3600), self._on_member)
         self.device = await self._client(self.hub.tokens.issue(door, 3600), None)
-        self.admin = Client(self.hub.ws_url, token=self.hub.tokens.issue(root, 3600))
+        self.admin = RealtimeClient(self.hub.ws_url, token=self.hub.tokens.issue(root, 3600))
         self.clients.append(self.admin)
         self.subscription = self.service.subscribe("alice-phone")
         await self.member.subscribe_notification(self.subscription)
@@ -113,7 +105,7 @@ class Stack:
         await self.service.stop()
 
     async def _client(self, token: str, callback: Callable[[RealtimeMessage], None] | None) -> Any:
-        client = Client(self.hub.ws_url, token=token)
+        client = RealtimeClient(self.hub.ws_url, token=token)
         self.clients.append(client)
         await client.connect_realtime(callback or (lambda message: None))
         await client.join_realtime(GROUP)

@@ -449,7 +449,7 @@ async def test_a_connection_that_cannot_work_reports_the_reference_error(
     inbox = Recorder()
     # A failure no retry can fix (here: the WebSocket library refusing its arguments).
     with (
-        mock.patch("agent.client.connect", autospec=True, side_effect=ValueError("bad")),
+        mock.patch("agent.client.link.connect", autospec=True, side_effect=ValueError("bad")),
         pytest.raises(RealtimeError) as info,
     ):
         await client.connect_realtime(inbox)

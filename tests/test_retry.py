@@ -1,47 +1,26 @@
-"""The reconnect policy: delays and verdicts, pure (no loop, no sockets)."""
+"""The reconnect policy: delays and schedules, pure (no loop, no sockets, no network library).
+
+What a WebSocket failure means (the :class:`Failure` given to a schedule) is tested in
+``tests/test_client_failures.py``.
+"""
 
 from __future__ import annotations
 
 import itertools
 import random
-import ssl
 
 import pytest
-from websockets.datastructures import Headers
-from websockets.exceptions import (
-    ConnectionClosedError,
-    ConnectionClosedOK,
-    InvalidMessage,
-    InvalidProxy,
-    InvalidStatus,
-    InvalidURI,
-)
-from websockets.frames import Close
-from websockets.http11 import Response
 
-from agent.errors import Codes
 from agent.retry import (
+    Failure,
     FixedBackoff,
     Reconnect,
     ReconnectPolicy,
     Verdict,
     backoff,
     capped_delay,
-    classify,
     full_jitter,
-    is_restart,
-    is_retryable,
-    refusal_code,
 )
-
-
-def _status(code: int) -> InvalidStatus:
-    return InvalidStatus(Response(code, "", Headers(), b""))
-
-
-def _closed(code: int | None) -> ConnectionClosedError:
-    return ConnectionClosedError(None if code is None else Close(code, ""), None)
-
 
 # -- backoff --------------------------------------------------------------------------------
 
@@ -90,72 +69,6 @@ def test_capped_delay_stays_in_the_upper_half() -> None:
     assert capped_delay(10, lambda: 0.5) == 7.5
 
 
-# -- verdicts -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("exc", "verdict"),
-    [
-        (ConnectionRefusedError(111, "refused"), Verdict.RETRY),
-        (OSError(101, "unreachable"), Verdict.RETRY),
-        (TimeoutError(), Verdict.RETRY),
-        (EOFError(), Verdict.RETRY),
-        (InvalidMessage("did not receive a valid HTTP response"), Verdict.RETRY),
-        (_status(500), Verdict.RETRY),
-        (_status(502), Verdict.RETRY),
-        (_status(503), Verdict.RETRY),
-        (_status(408), Verdict.RETRY),
-        (_status(425), Verdict.RETRY),
-        (_status(429), Verdict.RETRY),
-        (_status(401), Verdict.RETRY_AT_CAP),
-        (_status(403), Verdict.RETRY_AT_CAP),
-        (_status(404), Verdict.RETRY_AT_CAP),
-        (_status(400), Verdict.RETRY_AT_CAP),
-        (_closed(None), Verdict.RETRY),
-        (_closed(1001), Verdict.RETRY),
-        (_closed(1006), Verdict.RETRY),
-        (_closed(1008), Verdict.RETRY),
-        (_closed(1011), Verdict.RETRY),
-        (_closed(4429), Verdict.RETRY),
-        (_closed(4408), Verdict.RETRY),
-        (_closed(4000), Verdict.RETRY),
-        (_closed(4401), Verdict.RETRY_AT_CAP),
-        (_closed(4403), Verdict.RETRY_AT_CAP),
-        (_closed(4409), Verdict.RETRY),
-        (ConnectionClosedOK(Close(1000, ""), None), Verdict.RETRY),
-        (ssl.SSLCertVerificationError("certificate verify failed"), Verdict.RETRY_AT_CAP),
-        (InvalidURI("ws://", "no host"), Verdict.GIVE_UP),
-        (InvalidProxy("http://", "bad proxy"), Verdict.GIVE_UP),
-        (ValueError("a bug"), Verdict.GIVE_UP),
-        (KeyError("a bug"), Verdict.GIVE_UP),
-    ],
-    ids=repr,
-)
-def test_classify(exc: BaseException, verdict: Verdict) -> None:
-    assert classify(exc) is verdict
-    assert is_retryable(exc) is (verdict is not Verdict.GIVE_UP)
-
-
-@pytest.mark.parametrize(
-    ("exc", "code"),
-    [
-        (_status(401), Codes.UNAUTHORIZED),
-        (_status(403), Codes.FORBIDDEN),
-        (_closed(4401), Codes.UNAUTHORIZED),
-        (_closed(4403), Codes.FORBIDDEN),
-        (_status(404), None),
-        (_status(500), None),
-        (_closed(1000), None),
-        (_closed(1401), None),
-        (_closed(None), None),
-        (OSError(), None),
-    ],
-    ids=repr,
-)
-def test_refusal_code(exc: BaseException, code: str | None) -> None:
-    assert refusal_code(exc) == code
-
-
 # -- full jitter ------------------------------------------------------------------------------
 
 
@@ -169,15 +82,16 @@ def test_full_jitter_is_one_formula_for_every_attempt() -> None:
 
 # -- the hub connection's schedule ------------------------------------------------------------
 
-CLOSED_1012 = _closed(1012)
-LOST = ConnectionRefusedError(111, "refused")
+RESTART = Failure(Verdict.RETRY, restart=True)  # the hub closed with 1012 or 1001
+LOST = Failure(Verdict.RETRY)  # refused TCP, abnormal closure, a policy close
+REFUSED = Failure(Verdict.RETRY_AT_CAP)  # 401/403 on the upgrade, 4401/4403 later
 
 
 def test_a_hub_restart_is_retried_within_a_second() -> None:
     schedule = Reconnect(jitter=lambda: 0.999)
     schedule.opened(now=0.0)
     # The hub says it restarts after an hour: no backoff left over from anything.
-    assert schedule.delay(_closed(1012), now=3600.0) < 1.0
+    assert schedule.delay(RESTART, now=3600.0) < 1.0
     assert schedule.outage_since == 3600.0
     assert schedule.delay(LOST, now=3601.0) < 1.0  # still starting up
     schedule.opened(now=3602.0)
@@ -189,7 +103,7 @@ def test_an_abrupt_loss_stays_under_a_second_for_a_minute_then_backs_off() -> No
     schedule.opened(now=0.0)
     now, delays = 100.0, []
     while now < 100.0 + 300:
-        delay = schedule.delay(_closed(None) if not delays else LOST, now=now)
+        delay = schedule.delay(LOST, now=now)
         delays.append((now - 100.0, delay))
         now += delay
     young = [d for t, d in delays if t < 60]
@@ -224,17 +138,17 @@ def test_a_connection_dropped_right_after_opening_does_not_end_the_outage() -> N
     schedule.delay(LOST, now=0.0)
     for second in range(1, 70):
         schedule.opened(now=float(second))  # accepted, then closed at once (4429, 1008)
-        delay = schedule.delay(_closed(4429), now=second + 0.1)
+        delay = schedule.delay(LOST, now=second + 0.1)
     assert delay > 1.0  # the outage began at 0 and is over a minute old
     assert schedule.outage_since == 0.0
     schedule.opened(now=100.0)
-    assert schedule.delay(_closed(1006), now=100.0 + 10) == 1.0  # lived 10 s: a new outage
+    assert schedule.delay(LOST, now=100.0 + 10) == 1.0  # lived 10 s: a new outage
 
 
 def test_a_refused_token_waits_in_the_upper_half_of_its_cap() -> None:
     schedule = Reconnect(ReconnectPolicy(refused_seconds=20), jitter=lambda: 0.0)
-    assert schedule.delay(_status(401), now=0.0) == 10.0
-    assert schedule.delay(_closed(4403), now=1.0) == 10.0
+    assert schedule.delay(REFUSED, now=0.0) == 10.0
+    assert schedule.delay(REFUSED, now=1.0) == 10.0
 
 
 def test_the_policy_refuses_nonsense() -> None:
@@ -246,17 +160,23 @@ def test_the_policy_refuses_nonsense() -> None:
         ReconnectPolicy(doubling_seconds=0)
 
 
-def test_is_restart_knows_1012_and_1001_only() -> None:
-    assert is_restart(_closed(1012))
-    assert is_restart(_closed(1001))
-    assert not any(is_restart(e) for e in (_closed(1006), _closed(None), LOST, _status(503)))
-
-
 def test_fixed_backoff_keeps_doubling_until_a_connection_lasts() -> None:
     schedule = FixedBackoff(lambda: backoff(0.5, 2, 30, jitter=lambda: 1.0), jitter=lambda: 0.0)
-    assert [schedule.delay(_closed(1012), now=float(t)) for t in range(4)] == [0.5, 1, 2, 4]
+    assert [schedule.delay(RESTART, now=float(t)) for t in range(4)] == [0.5, 1, 2, 4]
     schedule.opened(now=10.0)
     assert schedule.delay(LOST, now=12.0) == 8.0  # 2 s up: not stable, keeps growing
     schedule.opened(now=20.0)
     assert schedule.delay(LOST, now=31.0) == 0.5  # 11 s up: starts over
-    assert schedule.delay(_status(403), now=32.0) == 15.0
+    assert schedule.delay(REFUSED, now=32.0) == 15.0
+
+
+def test_a_restart_starts_a_new_outage_and_a_quick_loss_after_it_does_not() -> None:
+    # The restart is only reported by an open connection: that is what it takes.
+    schedule = Reconnect(jitter=lambda: 1.0)
+    schedule.delay(LOST, now=0.0)
+    schedule.opened(now=100.0)
+    schedule.delay(RESTART, now=101.0)
+    assert schedule.outage_since == 101.0
+    schedule.opened(now=102.0)
+    schedule.delay(LOST, now=103.0)
+    assert schedule.outage_since == 101.0

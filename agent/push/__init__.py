@@ -2,7 +2,7 @@
 
 Hub side: :class:`PushService` (``service.py``) behind the routes of
 ``agent/hub/push_api.py``; pure cores for subscriptions, messages, recipients and answer
-policy. Agent side: :class:`Outbox` (``outbox.py``) and the client's :class:`PushMethods`.
+policy. Agent side: :class:`Outbox` (``outbox.py``) and the client's :class:`PushCalls`.
 
 Names are imported on first use: loading the settings model (as ``agent.config`` does)
 does not load aiohttp, pywebpush or the cryptography backends.
@@ -14,7 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agent.push.client_methods import PushMethods
+    from agent.push.client_methods import PushCalls
     from agent.push.errors import HubRequestError, PushError, VapidKeyError
     from agent.push.message import PushMessage, SendRequest, Urgency
     from agent.push.metrics import PushMetrics
@@ -31,9 +31,9 @@ __all__ = [
     "OutboxSettings",
     "OutboxState",
     "OutboxStats",
+    "PushCalls",
     "PushError",
     "PushMessage",
-    "PushMethods",
     "PushMetrics",
     "PushService",
     "PushSettings",
@@ -51,9 +51,9 @@ _HOMES = {
     "OutboxSettings": "agent.push.settings",
     "OutboxState": "agent.push.outbox",
     "OutboxStats": "agent.push.outbox",
+    "PushCalls": "agent.push.client_methods",
     "PushError": "agent.push.errors",
     "PushMessage": "agent.push.message",
-    "PushMethods": "agent.push.client_methods",
     "PushMetrics": "agent.push.metrics",
     "PushService": "agent.push.service",
     "PushSettings": "agent.push.settings",

@@ -1,38 +1,33 @@
-"""The reference's web push calls for ``RealtimeClient``: a mixin over the client's HTTP.
+"""The reference's web push calls, over the client's :class:`agent.hub_http.HubHttp`.
 
 ``vapid_public_key``, ``subscribe_notification``, ``unsubscribe_notification`` and
-``push_notification`` return what the reference returns; ``push_alert`` is what the
-agent's outbox delivers through. They use the client's HTTP session, hub URL, token and
-TLS settings, and need no realtime connection. Errors are ``HubRequestError`` (a
-``RealtimeError``) with the hub's code and message, and the HTTP status for retry policy.
+``push_notification`` return what the reference returns; ``push_alert``/``push_alerts``
+are what the agent's outbox delivers through. ``RealtimeClient`` holds one
+:class:`PushCalls` over its own ``HubHttp`` and offers these methods under the same names;
+they need no realtime connection. Errors are :class:`~agent.errors.HubRequestError` (a
+``RealtimeError``), mapped in one place by ``HubHttp``: the hub's code and message, and
+the HTTP status for retry policy; bad arguments are refused before any request, with
+``status`` ``None``.
 """
 
 from __future__ import annotations
 
-import json
-import ssl
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-import aiohttp
+from agent.errors import Codes, HubRequestError
+from agent.hub_http import HubHttp
 
-from agent.errors import Codes
-from agent.push.errors import HubRequestError
-
-__all__ = ["PushMethods"]
+__all__ = ["PushCalls"]
 
 _PREFIX: Final = "/api/push"
 
 
-class PushMethods:
-    """Web push calls of the realtime client (mixed into ``RealtimeClient``)."""
+class PushCalls:
+    """Web push calls to the hub through ``http`` (used by ``RealtimeClient``)."""
 
-    if TYPE_CHECKING:  # provided by RealtimeClient
-        _http_url: str
-        _token: str
-        _ssl: ssl.SSLContext | None
-
-        def _http(self) -> aiohttp.ClientSession: ...
+    def __init__(self, http: HubHttp) -> None:
+        self._http = http
 
     async def vapid_public_key(self) -> dict[str, str]:
         """The hub's VAPID public key, for ``PushManager.subscribe``.
@@ -152,24 +147,7 @@ class PushMethods:
         return answer
 
     async def _push_call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        try:
-            async with self._http().request(
-                method,
-                self._http_url + _PREFIX + path,
-                json=body,
-                headers={"Authorization": f"Bearer {self._token}"},
-                ssl=self._ssl if self._ssl is not None else True,
-            ) as response:
-                status, raw = response.status, await response.read()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            reason = str(exc) or type(exc).__name__
-            raise HubRequestError(
-                Codes.ERROR, f"Cannot reach the hub at {self._http_url}: {reason}"
-            ) from exc
-        payload = _json_or_none(raw)
-        if status >= 400:
-            raise _error(status, payload)
-        return payload
+        return await self._http.request(method, _PREFIX + path, body)
 
 
 def _subscription(
@@ -189,18 +167,3 @@ def _subscription(
     if need_keys and not isinstance(given.get("keys"), Mapping):
         raise HubRequestError(Codes.INVALID_PARAMETER, '"keys" must be {p256dh, auth}.')
     return given
-
-
-def _json_or_none(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
-
-
-def _error(status: int, payload: Any) -> HubRequestError:
-    if isinstance(payload, dict) and isinstance(payload.get("message"), str):
-        code = payload.get("code")
-        code = code if isinstance(code, str) else Codes.ERROR
-        return HubRequestError(code, payload["message"], status=status)
-    return HubRequestError(Codes.ERROR, f"The hub answered HTTP {status}.", status=status)

@@ -1,11 +1,11 @@
 """Errors of web push.
 
     EdgeAgentError
-     ├── RealtimeError
-     │    └── HubRequestError   a call to the hub's push API failed (``status``; ``None``:
-     │                          the hub was not reached or its answer was not read)
      └── PushError              web push on the hub or the agent's outbox
           └── VapidKeyError     the VAPID key file cannot be read (``path``)
+
+A push call to the hub that fails raises :class:`agent.errors.HubRequestError`, as every
+HTTP call of the client does (:mod:`agent.hub_http`); it is importable from here too.
 
 Requests with bad input are answered with the reference's ``RealtimeError`` codes
 (INVALID_PARAMETER, FORBIDDEN); the hub's API turns those into 4xx answers.
@@ -15,17 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.errors import EdgeAgentError, RealtimeError
+from agent.errors import EdgeAgentError, HubRequestError
 
 __all__ = ["HubRequestError", "PushError", "VapidKeyError"]
-
-
-class HubRequestError(RealtimeError):
-    """The hub answered a push API call with an error, or could not be reached."""
-
-    def __init__(self, code: str, message: str, *, status: int | None = None) -> None:
-        super().__init__(code, message)
-        self.status = status
 
 
 class PushError(EdgeAgentError):

@@ -10,19 +10,10 @@ import pytest
 from agent.client import RealtimeClient
 from agent.errors import Codes
 from agent.hub.accounts import Role
-from agent.push.client_methods import PushMethods
 from agent.push.errors import HubRequestError
 
 from .conftest import PushHub, User
 from .loopback import LoopbackPushService
-
-if issubclass(RealtimeClient, PushMethods):
-    Client: type[Any] = RealtimeClient
-else:  # until the client inherits the mixin
-
-    class Client(PushMethods, RealtimeClient):  # type: ignore[no-redef]
-        pass
-
 
 ClientFactory = Callable[[User], Any]
 
@@ -32,7 +23,7 @@ async def clients(hub: PushHub) -> AsyncIterator[ClientFactory]:
     made: list[Any] = []
 
     def make(user: User) -> Any:
-        client = Client(hub.server.ws_url, token=user.token)
+        client = RealtimeClient(hub.server.ws_url, token=user.token)
         made.append(client)
         return client
 
@@ -106,7 +97,7 @@ async def test_bad_arguments_are_refused_before_any_request(
 
 
 async def test_an_unreachable_hub_is_an_error_without_status(hub: PushHub) -> None:
-    client = Client("ws://127.0.0.1:9/ws", token=hub.user("alice").token)
+    client = RealtimeClient("ws://127.0.0.1:9/ws", token=hub.user("alice").token)
     try:
         with pytest.raises(HubRequestError) as caught:
             await client.vapid_public_key()

@@ -11,7 +11,6 @@ from agent.client import RealtimeClient
 from agent.errors import Codes
 from agent.events import ActionHandlers, Alert, EventEngine, EventRule
 from agent.hub.accounts import Role
-from agent.push.client_methods import PushMethods
 from agent.push.errors import HubRequestError
 from agent.push.outbox import OUTBOX_FILE, Outbox
 from agent.push.settings import OutboxSettings
@@ -23,13 +22,6 @@ TIMEOUT = 60.0
 EVENTS = 100
 # The hub is down for a while: keep retrying fast so the test is quick once it is back.
 QUICK = OutboxSettings(retry_initial_seconds=0.02, retry_cap_seconds=0.1, timeout_seconds=5.0)
-
-if issubclass(RealtimeClient, PushMethods):
-    Client: type[Any] = RealtimeClient
-else:  # until the client inherits the mixin
-
-    class Client(PushMethods, RealtimeClient):  # type: ignore[no-redef]
-        pass
 
 
 def ring_rule() -> EventRule:
@@ -82,7 +74,7 @@ async def test_alerts_survive_a_hub_outage_and_an_agent_restart_and_arrive_once(
     assert response.status_code == 200
     await hub.stop()  # the hub goes down before anything fires
 
-    client = Client(f"ws://127.0.0.1:{port}/ws", token=door.token, request_timeout=5.0)
+    client = RealtimeClient(f"ws://127.0.0.1:{port}/ws", token=door.token, request_timeout=5.0)
     lost_answers = 3
 
     async def deliver(request: dict[str, Any]) -> object:
