@@ -1,4 +1,5 @@
-"""Fixtures of the browser tests: an agent with its embedded hub, Chromium, viewer pages.
+"""Fixtures of the browser tests: an agent with its embedded hub, Chromium, viewer pages,
+and the product tests' doorbell with serial devices on its board (``board_agent``, rig.py).
 
 The agent and the browser are shared by the tests of one module (each test gets its own
 browser context, so its own login and realtime connection); modules that need a
@@ -15,6 +16,7 @@ import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Playwright, async_playwright
 
 from .harness import AgentProcess, Viewer, chromium_args, launch_chromium, write_voice_wav
+from .rig import SensorBoard, agent_settings
 
 LOOPBACK_ONLY = {"EDGE_AGENT_CALLS__HOST_ADDRESSES": '["127.0.0.1"]'}
 
@@ -43,10 +45,26 @@ async def browser(playwright: Playwright, voice_wav: Path) -> AsyncIterator[Brow
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def agent(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AgentProcess]:
     """``edge-agent run`` with an embedded hub on 127.0.0.1, calls on loopback only."""
-    process = AgentProcess(tmp_path_factory.mktemp("agent"), env=LOOPBACK_ONLY)
-    await process.start()
-    yield process
-    await process.stop()
+    async with AgentProcess(tmp_path_factory.mktemp("agent"), env=LOOPBACK_ONLY) as process:
+        yield process
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def board(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SensorBoard]:
+    """The serial devices on the doorbell's board."""
+    async with SensorBoard(tmp_path_factory.mktemp("board")) as sensors:
+        yield sensors
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def board_agent(
+    tmp_path_factory: pytest.TempPathFactory, board: SensorBoard
+) -> AsyncIterator[AgentProcess]:
+    """The doorbell with its board (``rig.agent_settings``) and its embedded hub."""
+    directory = tmp_path_factory.mktemp("board-agent")
+    config = agent_settings(board)
+    async with AgentProcess(directory, env=LOOPBACK_ONLY, config=config) as process:
+        yield process
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -61,9 +79,8 @@ async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
 async def viewer(context: BrowserContext, agent: AgentProcess) -> AsyncIterator[Viewer]:
     """The viewer page, opened; fails the test if the page throws."""
     page = await context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
     view = Viewer(page, agent.url)
+    page.on("pageerror", lambda error: view.errors.append(str(error)))
     await view.open()
     yield view
-    assert errors == [], f"the page threw: {errors}"
+    assert view.errors == [], f"the page threw: {view.errors}"

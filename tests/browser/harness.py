@@ -29,7 +29,8 @@ import wave
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from types import TracebackType
+from typing import Any, Final, Self
 
 from playwright.async_api import Browser, Page, Playwright
 
@@ -232,6 +233,19 @@ class AgentProcess:
         self._log = state_dir / "agent.log"
         self._log_file: Any = None
 
+    async def __aenter__(self) -> Self:
+        """Started (``start``); stopped when the block ends."""
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
     async def start(self) -> None:
         """Start it and wait for the viewer URL on its standard output."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -355,6 +369,8 @@ class Viewer:
     def __init__(self, page: Page, url: str) -> None:
         self.page = page
         self.url = url
+        # What the page reported as going wrong, where a test collects it (rig.open_viewer).
+        self.errors: list[str] = []
         page.set_default_timeout(WAIT * 1000)
         # Shown with a failing test's captured output: what the page itself said.
         page.on("console", lambda m: print(f"page console {m.type}: {m.text}"))

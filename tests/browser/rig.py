@@ -22,7 +22,7 @@ from playwright.async_api import Browser, Page, ViewportSize
 
 from tests.sensors.ptys import PtyDevice
 
-from .harness import WAIT, Viewer
+from .harness import WAIT, AgentProcess, Viewer
 
 __all__ = [
     "DESKTOP",
@@ -30,6 +30,8 @@ __all__ = [
     "PHONE",
     "SensorBoard",
     "agent_settings",
+    "closed",
+    "logged_in",
     "open_viewer",
     "save_screenshot",
 ]
@@ -135,22 +137,33 @@ thumbnail_seconds = 2
 """
 
 
-async def open_viewer(
-    browser: Browser, url: str, *, phone: bool = False, **context: Any
-) -> tuple[Viewer, list[str]]:
-    """A fresh context at the phone's or the desktop's size, the viewer opened in it; the
-    list collects page errors and console errors."""
+async def open_viewer(browser: Browser, url: str, *, phone: bool = False, **context: Any) -> Viewer:
+    """A fresh context at the phone's or the desktop's size, the viewer opened in it; its
+    ``errors`` collects page errors and console errors."""
     size = PHONE if phone else DESKTOP
     ctx = await browser.new_context(
         viewport=size, is_mobile=phone, has_touch=phone, device_scale_factor=1, **context
     )
     page = await ctx.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     viewer = Viewer(page, url)
+    page.on("pageerror", lambda error: viewer.errors.append(str(error)))
+    page.on("console", lambda m: viewer.errors.append(m.text) if m.type == "error" else None)
     await viewer.open()
-    return viewer, errors
+    return viewer
+
+
+async def logged_in(browser: Browser, agent: AgentProcess, **options: Any) -> Viewer:
+    """The viewer opened as ``open_viewer`` does (``options``: its keywords), logged in as
+    the agent's admin, the device list shown."""
+    viewer = await open_viewer(browser, agent.url, **options)
+    await viewer.login("admin", agent.admin_password)
+    return viewer
+
+
+async def closed(viewer: Viewer) -> None:
+    """Close the viewer's browser context, asserting the page reported no error."""
+    assert viewer.errors == [], "console errors"
+    await viewer.page.context.close()
 
 
 async def save_screenshot(page: Page, name: str) -> Path:

@@ -50,10 +50,8 @@ async def agent(
     tmp_path_factory: pytest.TempPathFactory, netns: NetNamespace
 ) -> AsyncIterator[AgentProcess]:
     """The agent and its hub inside the namespace, gathering on every interface there."""
-    process = AgentProcess(tmp_path_factory.mktemp("ns-agent"), netns=netns)
-    await process.start()
-    yield process
-    await process.stop()
+    async with AgentProcess(tmp_path_factory.mktemp("ns-agent"), netns=netns) as process:
+        yield process
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

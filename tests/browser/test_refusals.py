@@ -26,10 +26,8 @@ STRICT = {
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def agent(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AgentProcess]:
     """An agent that takes one call at a time, from admins only."""
-    process = AgentProcess(tmp_path_factory.mktemp("strict-agent"), env=STRICT)
-    await process.start()
-    yield process
-    await process.stop()
+    async with AgentProcess(tmp_path_factory.mktemp("strict-agent"), env=STRICT) as process:
+        yield process
 
 
 async def _refused(viewer: Viewer) -> str:

@@ -8,15 +8,12 @@ The same run saves the README's screenshots of a call (desktop and phone) in ``d
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 from playwright.async_api import Browser
 
-from .conftest import LOOPBACK_ONLY
 from .harness import DEVICE, AgentProcess, Viewer
-from .rig import SensorBoard, agent_settings, open_viewer, save_screenshot
+from .rig import SensorBoard, closed, logged_in, save_screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
@@ -26,30 +23,14 @@ LOG = '.console[data-port="relay"] .console-log'
 SENT, REPLY = "\u203a ", "\u2039 "  # how the console marks what was sent and what came back
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def board(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SensorBoard]:
-    """The serial devices on the doorbell's board."""
-    async with SensorBoard(tmp_path_factory.mktemp("board")) as sensors:
-        yield sensors
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def agent(
-    tmp_path_factory: pytest.TempPathFactory, board: SensorBoard
-) -> AsyncIterator[AgentProcess]:
+@pytest.fixture(scope="module")
+def agent(board_agent: AgentProcess) -> AgentProcess:
     """The doorbell with its board and its embedded hub."""
-    process = AgentProcess(
-        tmp_path_factory.mktemp("call-agent"), env=LOOPBACK_ONLY, config=agent_settings(board)
-    )
-    await process.start()
-    yield process
-    await process.stop()
+    return board_agent
 
 
 async def _in_a_call(browser: Browser, agent: AgentProcess, *, phone: bool = False) -> Viewer:
-    viewer, errors = await open_viewer(browser, agent.url, phone=phone)
-    viewer.errors = errors  # type: ignore[attr-defined]
-    await viewer.login("admin", agent.admin_password)
+    viewer = await logged_in(browser, agent, phone=phone)
     await viewer.call()
     await viewer.page.locator("#sensors-card").wait_for()
     return viewer
@@ -58,8 +39,7 @@ async def _in_a_call(browser: Browser, agent: AgentProcess, *, phone: bool = Fal
 async def _hung_up(viewer: Viewer) -> None:
     await viewer.page.click("#hangup")
     await viewer.wait_until("window.viewer.call === null")
-    assert viewer.errors == []  # type: ignore[attr-defined]
-    await viewer.page.context.close()
+    await closed(viewer)
 
 
 async def _text(viewer: Viewer, selector: str) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -22,9 +21,8 @@ from websockets.asyncio.client import connect
 from agent.protocol import decode_frame_text
 from agent.push.message import parse_send_request
 
-from .conftest import LOOPBACK_ONLY
 from .harness import DEVICE, WAIT, AgentProcess, Viewer
-from .rig import SensorBoard, agent_settings, open_viewer, save_screenshot
+from .rig import closed, logged_in, save_screenshot
 from .test_alerts import _CLICK, _SHOWN, _push
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
@@ -34,39 +32,18 @@ GARAGE = "garage"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def board(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SensorBoard]:
-    """The serial devices on the doorbell's board."""
-    async with SensorBoard(tmp_path_factory.mktemp("board")) as sensors:
-        yield sensors
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def agent(
-    tmp_path_factory: pytest.TempPathFactory, board: SensorBoard
-) -> AsyncIterator[AgentProcess]:
+async def agent(board_agent: AgentProcess) -> AgentProcess:
     """The doorbell with its board, its embedded hub, and a garage that was online once."""
-    process = AgentProcess(
-        tmp_path_factory.mktemp("home-agent"), env=LOOPBACK_ONLY, config=agent_settings(board)
-    )
-    await process.start()
-    await _garage_was_here(process)
-    await process.trigger("too-warm")
-    await process.trigger("doorbell-pressed")
-    yield process
-    await process.stop()
+    await _garage_was_here(board_agent)
+    await board_agent.trigger("too-warm")
+    await board_agent.trigger("doorbell-pressed")
+    return board_agent
 
 
 async def _logged_in(browser: Browser, agent: AgentProcess, *, phone: bool = False) -> Viewer:
-    viewer, errors = await open_viewer(browser, agent.url, phone=phone)
-    viewer.errors = errors  # type: ignore[attr-defined]
-    await viewer.login("admin", agent.admin_password)
+    viewer = await logged_in(browser, agent, phone=phone)
     await viewer.page.locator(TILE.format(DEVICE) + " .tile-call:not([disabled])").wait_for()
     return viewer
-
-
-async def _closed(viewer: Viewer) -> None:
-    assert viewer.errors == []  # type: ignore[attr-defined]
-    await viewer.page.context.close()
 
 
 async def test_tiles_say_how_each_device_is(browser: Browser, agent: AgentProcess) -> None:
@@ -96,7 +73,7 @@ async def test_tiles_say_how_each_device_is(browser: Browser, agent: AgentProces
     assert await garage.locator(".tile-sensors").text_content() == "temp 4.5 °C"
 
     await save_screenshot(page, "devices-desktop")
-    await _closed(viewer)
+    await closed(viewer)
 
 
 async def test_the_phone_list_fits_the_screen(browser: Browser, agent: AgentProcess) -> None:
@@ -105,7 +82,7 @@ async def test_the_phone_list_fits_the_screen(browser: Browser, agent: AgentProc
         f"(document.querySelector('{TILE.format(DEVICE)} .thumb img') || {{}}).naturalWidth > 0"
     )
     await save_screenshot(viewer.page, "devices-phone")
-    await _closed(viewer)
+    await closed(viewer)
 
 
 async def test_pictures_are_taken_only_while_someone_looks(
@@ -138,7 +115,7 @@ async def test_pictures_are_taken_only_while_someone_looks(
     assert await viewer.js(f"{refresher}.scheduled") is False
     await viewer.page.click("#hangup")
     await viewer.wait_until(f"{refresher}.scheduled")
-    await _closed(viewer)
+    await closed(viewer)
 
 
 async def test_the_timeline_lists_what_happened(browser: Browser, agent: AgentProcess) -> None:
@@ -186,7 +163,7 @@ async def test_the_timeline_lists_what_happened(browser: Browser, agent: AgentPr
     await page.click("#event-call")
     await viewer.wait_until("window.viewer.call && window.viewer.call.state === 'connected'")
     await page.click("#hangup")
-    await _closed(viewer)
+    await closed(viewer)
 
 
 async def test_the_timeline_on_a_phone(browser: Browser, agent: AgentProcess) -> None:
@@ -194,7 +171,7 @@ async def test_the_timeline_on_a_phone(browser: Browser, agent: AgentProcess) ->
     await viewer.page.click("#tab-timeline")
     await viewer.wait_until("(document.querySelector('.event-item img') || {}).naturalWidth > 0")
     await save_screenshot(viewer.page, "timeline-phone")
-    await _closed(viewer)
+    await closed(viewer)
 
 
 async def test_an_alert_tapped_lands_on_its_event(browser: Browser, agent: AgentProcess) -> None:
@@ -221,7 +198,7 @@ async def test_an_alert_tapped_lands_on_its_event(browser: Browser, agent: Agent
     assert await viewer.page.locator("#tab-timeline").get_attribute("aria-selected") == "true"
     await viewer.wait_until("document.getElementById('event-image').naturalWidth === 320")
     assert await viewer.js("window.viewer.call") is None  # not a call alert: no call
-    await _closed(viewer)
+    await closed(viewer)
 
 
 # -- helpers ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 from playwright.async_api import Browser
 
 from .harness import DEVICE, WAIT, AgentProcess, Viewer
-from .rig import open_viewer
+from .rig import closed, logged_in, open_viewer
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
@@ -24,16 +24,9 @@ _CONTROLS = {"button", "link", "textbox", "combobox", "checkbox", "tab", "search
 
 
 async def _logged_in(browser: Browser, agent: AgentProcess, **options: Any) -> Viewer:
-    viewer, errors = await open_viewer(browser, agent.url, **options)
-    viewer.errors = errors  # type: ignore[attr-defined]
-    await viewer.login("admin", agent.admin_password)
+    viewer = await logged_in(browser, agent, **options)
     await viewer.device_button().wait_for()
     return viewer
-
-
-async def _closed(viewer: Viewer) -> None:
-    assert viewer.errors == [], "console errors"  # type: ignore[attr-defined]
-    await viewer.page.context.close()
 
 
 async def test_it_installs_to_a_home_screen(browser: Browser, agent: AgentProcess) -> None:
@@ -56,7 +49,7 @@ async def test_it_installs_to_a_home_screen(browser: Browser, agent: AgentProces
             answer = await http.get(f"/{icon}")
             assert answer.status_code == 200, icon
             assert answer.content.startswith(b"\x89PNG"), icon
-    await _closed(viewer)
+    await closed(viewer)
 
 
 async def test_every_control_has_a_name(browser: Browser, agent: AgentProcess) -> None:
@@ -73,7 +66,7 @@ async def test_every_control_has_a_name(browser: Browser, agent: AgentProcess) -
     unnamed["call"] = await _unnamed(cdp)
     assert unnamed == {"devices": [], "timeline": [], "settings": [], "call": []}
     await page.click("#hangup")
-    await _closed(viewer)
+    await closed(viewer)
 
 
 async def test_it_works_with_the_keyboard_alone(browser: Browser, agent: AgentProcess) -> None:
@@ -99,7 +92,7 @@ async def test_it_works_with_the_keyboard_alone(browser: Browser, agent: AgentPr
     await page.focus("#hangup")
     await page.keyboard.press("Enter")
     await viewer.wait_until("window.viewer.call === null")
-    await _closed(viewer)
+    await closed(viewer)
 
 
 async def test_the_phone_layout_is_one_column_with_a_one_line_header(
@@ -118,7 +111,7 @@ async def test_the_phone_layout_is_one_column_with_a_one_line_header(
         assert await viewer.js("document.querySelector('.bar').offsetHeight") <= 60
         assert await viewer.js("document.documentElement.scrollWidth") <= 390, view
     assert "space bar" not in (await page.content()), "a desktop-only hint on a phone"
-    await _closed(viewer)
+    await closed(viewer)
 
 
 # -- alerts: every state has words that say what to do -----------------------------------
@@ -127,8 +120,7 @@ async def test_the_phone_layout_is_one_column_with_a_one_line_header(
 async def _alerts_state(
     browser: Browser, agent: AgentProcess, init: str = "", **options: Any
 ) -> tuple[Viewer, str, str]:
-    viewer, errors = await open_viewer(browser, agent.url, **options)
-    viewer.errors = errors  # type: ignore[attr-defined]
+    viewer = await open_viewer(browser, agent.url, **options)
     if init:
         await viewer.page.add_init_script(init)
         await viewer.page.reload()
@@ -152,7 +144,7 @@ async def test_alerts_on_an_insecure_page_say_to_use_https(
     assert text.startswith("Alerts need a secure page: open the viewer at its https:// address")
     assert kind == "error"
     assert await viewer.page.locator("#alerts-on").is_hidden()
-    await _closed(viewer)
+    await closed(viewer)
 
 
 async def test_alerts_in_a_browser_without_push_say_what_to_do(
@@ -161,7 +153,7 @@ async def test_alerts_in_a_browser_without_push_say_what_to_do(
     viewer, text, kind = await _alerts_state(browser, agent, "delete window.PushManager;")
     assert "add the viewer to the Home Screen" in text
     assert kind == "error"
-    await _closed(viewer)
+    await closed(viewer)
 
 
 async def test_alerts_in_a_private_window_say_so(browser: Browser, agent: AgentProcess) -> None:
@@ -172,7 +164,7 @@ async def test_alerts_in_a_private_window_say_so(browser: Browser, agent: AgentP
     )
     assert "private window" in text
     assert kind == "error"
-    await _closed(viewer)
+    await closed(viewer)
 
 
 async def test_alerts_blocked_by_the_person_say_where_to_allow_them(
@@ -186,8 +178,8 @@ async def test_alerts_blocked_by_the_person_say_where_to_allow_them(
     text = str(await viewer.page.locator("#alerts-state").text_content())
     assert text.startswith("Could not enable alerts: Notifications are blocked for this site")
     assert "site settings" in text
-    viewer.errors.clear()  # type: ignore[attr-defined]  # the refusal is the browser's log line
-    await _closed(viewer)
+    viewer.errors.clear()  # the refusal is the browser's log line
+    await closed(viewer)
 
 
 async def test_alerts_without_a_push_service_are_never_silent(
@@ -207,8 +199,8 @@ async def test_alerts_without_a_push_service_are_never_silent(
     text = str(await viewer.page.locator("#alerts-state").text_content())
     assert text.startswith("Could not enable alerts: The browser's push service ")
     assert await viewer.page.locator("#alerts-on").is_visible()  # try again later
-    viewer.errors.clear()  # type: ignore[attr-defined]  # the browser logs the failed registration
-    await _closed(viewer)
+    viewer.errors.clear()  # the browser logs the failed registration
+    await closed(viewer)
 
 
 async def test_alerts_that_are_on_say_so_and_can_be_turned_off(
@@ -227,7 +219,7 @@ async def test_alerts_that_are_on_say_so_and_can_be_turned_off(
     assert kind == "ok"
     assert await viewer.page.locator("#alerts-off").is_visible()
     assert await viewer.page.locator("#alerts-on").is_hidden()
-    await _closed(viewer)
+    await closed(viewer)
 
 
 async def _unnamed(cdp: Any) -> list[str]:
