@@ -44,7 +44,8 @@ WebSocket) and in the ``Authorization`` header of HTTP calls; it is never logged
 The parts: :mod:`agent.client.realtime` (the client), :mod:`agent.client.link` (the
 connection, its reconnects and groups), :mod:`agent.client.failures` (what a failed
 connection means), :mod:`agent.client.addresses` (hub URLs), :mod:`agent.client.delivery`
-(callback and streams), :mod:`agent.client.token` (the token's user id); HTTP calls go
+(callback and streams), :mod:`agent.client.checks` (arguments refused before sending),
+:mod:`agent.client.token` (the token's user id); HTTP calls go
 through :mod:`agent.hub_http`, push calls through :mod:`agent.push.client_methods`, and
 calls through :mod:`agent.rtc.client_calls`.
 """

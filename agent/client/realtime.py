@@ -4,7 +4,8 @@ The behaviour users see is described in :mod:`agent.client`; this module holds t
 methods and hands each to its part: the connection and its groups
 (:mod:`agent.client.link`), delivery (:mod:`agent.client.delivery`), HTTP
 (:mod:`agent.hub_http`), push (:mod:`agent.push.client_methods`) and calls
-(:mod:`agent.rtc.client_calls`). Arguments are checked here, before any part is asked.
+(:mod:`agent.rtc.client_calls`). Arguments are checked first (:mod:`agent.client.checks`),
+before any part is asked.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from urllib.parse import quote
 import aiohttp
 
 from agent import retry
-from agent.client import addresses
+from agent.client import addresses, checks
 from agent.client.delivery import Callback, Delivery
 from agent.client.link import ConnectionState, LinkOptions, RealtimeLink
 from agent.client.token import token_subject
@@ -35,12 +36,9 @@ from agent.protocol import (
     JoinRoom,
     Limits,
     Notification,
-    ProtocolError,
     Rtc,
     SendMessage,
-    encode_client_action,
     is_user_id,
-    parse_client_frame,
     scid_of,
 )
 from agent.push.client_methods import PushCalls
@@ -57,12 +55,6 @@ log = logging.getLogger(__name__)
 
 _SENT: Final = {"type": "success", "message": "Message sent."}
 _LEFT_ALL_TEXT: Final = "Left realtime message group."
-_FETCH_KEYS: Final = {
-    "limit": "limit",
-    "startKey": "startKey",
-    "start_key": "startKey",
-    "ascending": "ascending",
-}
 _MAX_FRAME_BYTES: Final = Limits().max_frame_bytes
 
 
@@ -258,7 +250,7 @@ class RealtimeClient:
         if not group:
             await self._link.leave_all()
             return {"type": "success", "message": _LEFT_ALL_TEXT}
-        _check_action(JoinRoom(group, keep=keep))
+        checks.check_action(JoinRoom(group, keep=keep))
         await self._link.join(group, keep=keep)
         return {"type": "success", "message": f'Joined realtime message group: "{group}".'}
 
@@ -300,7 +292,7 @@ class RealtimeClient:
         if not isinstance(recipient, str) or not recipient:
             raise RealtimeError(Codes.INVALID_REQUEST, "No recipient.")
         self._link.require_open()
-        note = _notification(notification)
+        note = checks.notification(notification)
         action: ClientAction
         if is_user_id(recipient):
             action = SendMessage(recipient, message, note)
@@ -322,12 +314,13 @@ class RealtimeClient:
             ``{"list": [{"group", "number_of_users"}], "startKey", "endOfList"}``
 
         Raises:
-            RealtimeError: the hub's code and message when it refuses the query; ERROR when
-                the hub cannot be reached.
+            RealtimeError: INVALID_PARAMETER for bad ``params`` or ``fetch_options``.
+            HubRequestError: the hub's code, message and HTTP status when it refuses the
+                query; ERROR without status when the hub cannot be reached.
         """
         if params is not None and not isinstance(params, Mapping):
             raise RealtimeError(Codes.INVALID_PARAMETER, '"params" must be an object or null.')
-        body = {**(params or {}), **_fetch_body(fetch_options)}
+        body = {**(params or {}), **checks.fetch_body(fetch_options)}
         return await self._post("/api/realtime/groups", body)
 
     async def get_realtime_users(
@@ -342,15 +335,16 @@ class RealtimeClient:
             ``{"list": [{"user_id", "connection_id"}], "startKey", "endOfList"}``
 
         Raises:
-            RealtimeError: INVALID_REQUEST when no group is given or joined; the hub's code
-                and message when it refuses the query; ERROR when it cannot be reached.
+            RealtimeError: INVALID_REQUEST when no group is given or joined.
+            HubRequestError: the hub's code, message and HTTP status when it refuses the
+                query; ERROR without status when the hub cannot be reached.
         """
         group = group or next(iter(self._link.groups), None)
         if group is None:
             raise RealtimeError(
                 Codes.INVALID_REQUEST, 'No group has been joined. Otherwise "group" is required.'
             )
-        body: dict[str, Any] = {"group": group, **_fetch_body(fetch_options)}
+        body: dict[str, Any] = {"group": group, **checks.fetch_body(fetch_options)}
         if user_id is not None:
             body["user_id"] = user_id
         return await self._post("/api/realtime/users", body)
@@ -445,7 +439,7 @@ class RealtimeClient:
         """
         self._link.require_open()
         action = Rtc(scid_of(cid), content)
-        _check_action(action)
+        checks.check_action(action)
         await self._link.send(action)
 
     # -- HTTP ----------------------------------------------------------------------------------
@@ -458,8 +452,8 @@ class RealtimeClient:
             "iceTransportPolicy": "all" | "relay"}``.
 
         Raises:
-            RealtimeError: UNAUTHORIZED for a refused token; NOT_FOUND from a hub that
-                does not hand out ICE servers.
+            HubRequestError: UNAUTHORIZED for a refused token; NOT_FOUND from a hub that
+                does not hand out ICE servers; ERROR when the hub cannot be reached.
         """
         payload = await self._http.request("GET", "/api/ice-servers")
         if not isinstance(payload, dict) or not isinstance(payload.get("iceServers"), list):
@@ -470,7 +464,8 @@ class RealtimeClient:
         """Name and role of an account (``{user_id, name, role}``); admins and devices only.
 
         Raises:
-            RealtimeError: FORBIDDEN for a user-role token, NOT_FOUND for an unknown id.
+            HubRequestError: FORBIDDEN for a user-role token, NOT_FOUND for an unknown id;
+                ERROR when the hub cannot be reached.
         """
         payload = await self._http.request("GET", f"/api/users/{quote(user_id, safe='')}")
         if not isinstance(payload, dict) or not isinstance(payload.get("role"), str):
@@ -481,8 +476,8 @@ class RealtimeClient:
         """Store a JPEG on the hub for alerts to link to; the link (``/api/snapshots/ID``).
 
         Raises:
-            RealtimeError: INVALID_PARAMETER for a non-JPEG or oversized image; FORBIDDEN
-                for a user-role token.
+            HubRequestError: INVALID_PARAMETER for a non-JPEG or oversized image; FORBIDDEN
+                for a user-role token; ERROR when the hub cannot be reached.
         """
         # A stream: aiohttp warns that a large bytes body is copied on the event loop.
         payload = await self._http.request("POST", "/api/snapshots", data=io.BytesIO(jpeg))
@@ -562,36 +557,3 @@ def _schedule(
         return lambda: retry.FixedBackoff(backoff, refused_seconds=refused_delay)
     policy = reconnect or retry.ReconnectPolicy(refused_seconds=refused_delay)
     return lambda: retry.Reconnect(policy)
-
-
-def _check_action(action: ClientAction) -> None:
-    """Refuse locally what the hub's parser would refuse (same code, same limits)."""
-    parsed = parse_client_frame(encode_client_action(action))
-    if isinstance(parsed, ProtocolError):
-        raise RealtimeError(parsed.code, parsed.message)
-
-
-def _notification(value: Mapping[str, Any] | Notification | None) -> Notification | None:
-    if value is None or isinstance(value, Notification):
-        return value
-    if not isinstance(value, Mapping):
-        raise RealtimeError(Codes.INVALID_PARAMETER, '"notification" must be {title, body}.')
-    title, body = value.get("title", ""), value.get("body", "")
-    config = value.get("config") or {}
-    if not isinstance(title, str) or not isinstance(body, str) or not isinstance(config, dict):
-        raise RealtimeError(Codes.INVALID_PARAMETER, '"notification" must be {title, body}.')
-    return Notification(title, body, always=config.get("always") is True)
-
-
-def _fetch_body(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    if options is None:
-        return {}
-    if not isinstance(options, Mapping):
-        raise RealtimeError(Codes.INVALID_PARAMETER, '"fetch_options" must be an object.')
-    unknown = sorted(set(options) - set(_FETCH_KEYS))
-    if unknown:
-        raise RealtimeError(
-            Codes.INVALID_PARAMETER,
-            f"Unknown fetch option(s): {', '.join(unknown)}. Use limit, startKey, ascending.",
-        )
-    return {_FETCH_KEYS[key]: value for key, value in options.items()}
