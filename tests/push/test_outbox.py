@@ -327,15 +327,16 @@ class BatchHub(Hub):
         return results
 
 
-async def test_a_backlog_goes_out_in_a_few_batches_in_order(tmp_path: Path) -> None:
-    hub = BatchHub()
+async def sent_from_backlog(tmp_path: Path, hub: BatchHub, count: int) -> Outbox:
+    """``count`` alerts queued while ``hub`` is down, then sent once it is up: the outbox,
+    emptied and closed."""
     hub.up = False
     box = Outbox(
         tmp_path / "outbox.db", deliver=hub.deliver, deliver_batch=hub.deliver_batch, settings=QUICK
     )
     await box.start()
     try:
-        for n in range(120):
+        for n in range(count):
             await box.add(alert(n))
         hub.up = True
         box.retry_now()
@@ -343,6 +344,12 @@ async def test_a_backlog_goes_out_in_a_few_batches_in_order(tmp_path: Path) -> N
             await box.wait_empty()
     finally:
         await box.aclose()
+    return box
+
+
+async def test_a_backlog_goes_out_in_a_few_batches_in_order(tmp_path: Path) -> None:
+    hub = BatchHub()
+    box = await sent_from_backlog(tmp_path, hub, 120)
     assert [r["title"] for r in hub.accepted] == [f"alert {n}" for n in range(120)]
     assert hub.batches[-3:] == [50, 50, 20]
     assert box.stats().delivered == 120
@@ -352,23 +359,10 @@ async def test_in_a_batch_refusals_are_dropped_and_a_failure_is_retried_from_the
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     hub = BatchHub()
-    hub.up = False
     hub.refuse = lambda request: 403 if request["title"] == "alert 2" else None
     hub.fail_at = 5
-    box = Outbox(
-        tmp_path / "outbox.db", deliver=hub.deliver, deliver_batch=hub.deliver_batch, settings=QUICK
-    )
-    await box.start()
-    try:
-        for n in range(8):
-            await box.add(alert(n))
-        hub.up = True
-        with caplog.at_level(logging.WARNING, logger="agent.push.outbox"):
-            box.retry_now()
-            async with asyncio.timeout(TIMEOUT):
-                await box.wait_empty()
-    finally:
-        await box.aclose()
+    with caplog.at_level(logging.WARNING, logger="agent.push.outbox"):
+        box = await sent_from_backlog(tmp_path, hub, 8)
     titles = [r["title"] for r in hub.accepted]
     # 0-4 but the refused 2; then from 5 on again: 6 and 7 twice, as resends the hub
     # recognises by their ids (tested against the real hub elsewhere).
@@ -391,19 +385,6 @@ async def test_in_a_batch_refusals_are_dropped_and_a_failure_is_retried_from_the
 async def test_a_hub_without_batches_gets_one_alert_at_a_time(tmp_path: Path) -> None:
     hub = BatchHub()
     hub.has_batches = False
-    box = Outbox(
-        tmp_path / "outbox.db", deliver=hub.deliver, deliver_batch=hub.deliver_batch, settings=QUICK
-    )
-    hub.up = False
-    await box.start()
-    try:
-        for n in range(3):
-            await box.add(alert(n))
-        hub.up = True
-        box.retry_now()
-        async with asyncio.timeout(TIMEOUT):
-            await box.wait_empty()
-    finally:
-        await box.aclose()
+    await sent_from_backlog(tmp_path, hub, 3)
     assert [r["title"] for r in hub.accepted] == ["alert 0", "alert 1", "alert 2"]
     assert hub.batches == []
