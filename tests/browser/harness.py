@@ -46,6 +46,7 @@ __all__ = [
     "chromium_args",
     "launch_chromium",
     "talkback_counts",
+    "wrap_in_namespace",
     "write_voice_wav",
 ]
 
@@ -65,8 +66,6 @@ _BASE_ARGS: Final = (
     "--disable-component-update",
     "--disable-sync",
     "--disable-features=Translate,MediaRouter,OptimizationHints",
-    # Nothing is resolved by DNS: every URL is an IP literal.
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
 )
 
 
@@ -75,14 +74,21 @@ def chromium_args(
     loopback: bool = True,
     fake_ui: bool = True,
     microphone: Path | None = None,
+    host: str = "127.0.0.1",
 ) -> list[str]:
     """Chromium's flags for a test: a fake camera, and ``microphone`` as the fake mic.
 
     ``fake_ui`` grants camera and microphone without a prompt (and so turns off mDNS host
     candidates); without it the page gets what a real first visit gets. ``loopback`` lets
-    a call use 127.0.0.1 (Chromium leaves loopback out of ICE by default).
+    a call use 127.0.0.1 (Chromium leaves loopback out of ICE by default). ``host`` is the
+    address the pages are served from.
     """
-    args = [*_BASE_ARGS, "--use-fake-device-for-media-stream"]
+    args = [
+        *_BASE_ARGS,
+        # Nothing is resolved by DNS: every URL is an IP literal.
+        f"--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE {host}",
+        "--use-fake-device-for-media-stream",
+    ]
     if microphone is not None:
         args.append(f"--use-file-for-fake-audio-capture={microphone}")
     if fake_ui:
@@ -179,10 +185,7 @@ class NetNamespace:
 
     def wrap(self, program: Path, directory: Path) -> Path:
         """A script that runs ``program`` (with its arguments) inside the namespace."""
-        script = directory / f"{program.name}-in-{self.name}"
-        script.write_text(f'#!/bin/sh\nexec ip netns exec {self.name} {program} "$@"\n')
-        script.chmod(0o700)
-        return script
+        return wrap_in_namespace(self.name, program, directory)
 
     @staticmethod
     def _ip(*args: str) -> None:
@@ -192,6 +195,15 @@ class NetNamespace:
         done = subprocess.run([ip, *args], check=False, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"`ip {' '.join(args)}` failed: {done.stderr.strip()}")
+
+
+def wrap_in_namespace(namespace: str, program: Path, directory: Path) -> Path:
+    """A script in ``directory`` that runs ``program`` (with its arguments) inside the
+    network namespace named ``namespace``: Playwright starts a browser there through it."""
+    script = directory / f"{program.name}-in-{namespace}"
+    script.write_text(f'#!/bin/sh\nexec ip netns exec {namespace} {program} "$@"\n')
+    script.chmod(0o700)
+    return script
 
 
 class AgentProcess:

@@ -17,26 +17,11 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from browser.harness import CHROMIUM, chromium_args, launch_chromium, wrap_in_namespace
 from playwright.async_api import Browser, Page, async_playwright
 
-from .lab import NatLab
+from .lab import SERVER_IP, NatLab
 from .rig import WAIT, Caller, Coturn, DeviceProcess, HubProcess, LoggedProcess
-
-CHROMIUM = Path("/usr/bin/chromium")
-_CHROMIUM_ARGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-features=Translate,MediaRouter,OptimizationHints",
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 192.0.2.1",  # no DNS: IP literals
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-)
 
 
 @dataclass
@@ -136,22 +121,15 @@ async def call(world: World, show_logs_on_failure: None) -> AsyncIterator[Caller
 @pytest.fixture(scope="module")
 def chromium_in_view(lab: NatLab, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A script that runs Debian's Chromium inside the viewer's namespace."""
-    if not CHROMIUM.exists():
-        raise RuntimeError(f"{CHROMIUM} is missing: install Debian's chromium package")
-    wrapper = tmp_path_factory.mktemp("bin") / "chromium-in-view"
-    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {lab.name("view")} {CHROMIUM} "$@"\n')
-    wrapper.chmod(0o700)
-    return wrapper
+    return wrap_in_namespace(lab.name("view"), CHROMIUM, tmp_path_factory.mktemp("bin"))
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser(chromium_in_view: Path) -> AsyncIterator[Browser]:
     """Headless Chromium in the viewer's namespace, with a fake camera and microphone."""
-    wrapper = chromium_in_view
+    args = chromium_args(loopback=False, host=SERVER_IP)  # the hub serves the pages
     async with async_playwright() as driver:
-        chromium = await driver.chromium.launch(
-            executable_path=str(wrapper), args=list(_CHROMIUM_ARGS), headless=True, timeout=60_000
-        )
+        chromium = await launch_chromium(driver, args, executable=chromium_in_view)
         yield chromium
         await chromium.close()
 

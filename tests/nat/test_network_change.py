@@ -49,16 +49,22 @@ async def last_resume(page: Page) -> dict[str, Any]:
     return resume
 
 
-async def test_the_viewers_link_going_down_and_up(page: Page, world: World) -> None:
+async def link_down_and_up(page: Page, world: World, side: str) -> None:
+    """In a call, ``side``'s link goes down until the page notices, then up again: video
+    moves again within ``RESUME_GOAL``."""
     await call_porch(page)
-    world.lab.link("view", False)
+    world.lab.link(side, False)
     try:
         await until_stalled(page)
     finally:
-        world.lab.link("view", True)
+        world.lab.link(side, True)
     waited = await frames_resume(page, since=time.monotonic())
     print(f"video moving again {waited:.2f} s after the new path")
     assert waited <= RESUME_GOAL, (waited, await last_resume(page))
+
+
+async def test_the_viewers_link_going_down_and_up(page: Page, world: World) -> None:
+    await link_down_and_up(page, world, "view")
     # By the same call (ICE consent came back) or by calling again.
     await wait_until(page, "window.viewer.resumes.at(-1).recovered")
     assert await page.evaluate("window.viewer.call.state") == "connected"
@@ -81,13 +87,5 @@ async def test_the_viewer_moving_to_a_new_address(page: Page, world: World) -> N
 
 
 async def test_the_devices_link_going_down_and_up(page: Page, world: World) -> None:
-    await call_porch(page)
-    world.lab.link("dev", False)
-    try:
-        await until_stalled(page)
-    finally:
-        world.lab.link("dev", True)
-    waited = await frames_resume(page, since=time.monotonic())
-    print(f"video moving again {waited:.2f} s after the new path")
-    assert waited <= RESUME_GOAL, (waited, await last_resume(page))
+    await link_down_and_up(page, world, "dev")
     await page.click("#hangup")
