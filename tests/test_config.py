@@ -586,14 +586,16 @@ def test_v4l2_pattern_and_sinks_map_too() -> None:
     assert media_config(Settings().video, Settings().audio).video == TestPatternConfig()
 
 
-def test_media_settings_are_the_media_components_and_load_no_media_stack() -> None:
-    # [video] and [audio] belong to agent.media; agent.config composes them. Reading them
-    # and mapping them onto the engine's records must not load aiortc or PyAV (a fresh
-    # process: this one has loaded them for other tests).
+def test_components_own_their_settings_and_reading_them_loads_no_heavy_stack() -> None:
+    # [video]/[audio] belong to agent.media and [hub] to agent.hub; agent.config composes
+    # them. Reading settings and mapping them onto the media engine's records must load
+    # neither aiortc, PyAV nor the web server (a fresh process: this one has them loaded).
+    from agent.hub import settings as hub_settings
     from agent.media import settings as media_settings
 
     assert Settings.model_fields["video"].annotation is media_settings.VideoSettings
     assert Settings.model_fields["audio"].annotation is media_settings.AudioSettings
+    assert Settings.model_fields["hub"].annotation is hub_settings.HubSettings
     probe = (
         "import sys\n"
         "from agent.config import Settings\n"
@@ -601,7 +603,8 @@ def test_media_settings_are_the_media_components_and_load_no_media_stack() -> No
         "s = Settings()\n"
         "assert isinstance(media_config(s.video, s.audio), MediaConfig), 'not a MediaConfig'\n"
         "sink_config(s.audio)\n"
-        "print(sorted(m for m in ('aiortc', 'av', 'aioice') if m in sys.modules))\n"
+        "heavy = ('aiortc', 'av', 'aioice', 'fastapi', 'uvicorn')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe],
