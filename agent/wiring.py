@@ -143,10 +143,10 @@ class AgentParts:
     async def open(self, stack: contextlib.AsyncExitStack, supervisor: Supervisor) -> None:
         """Build and start every local part; ``stack`` closes each one, whatever fails, and
         ``supervisor`` runs their long-lived loops. The hub is not reached yet."""
-        self._supervisor = supervisor
-        url, token = await self._hub_endpoint(stack)
         from agent.client import RealtimeClient
 
+        self._supervisor = supervisor
+        url, token = await self._hub_endpoint(stack)
         # The calls part gives the client its peer factory when it loads (CallStandby).
         client = self.client = RealtimeClient(url, token=token)
         stack.push_async_callback(closing("hub connection", self._close_client))
