@@ -4,16 +4,16 @@ is tests/conftest.py's)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from hub.conftest import User
 
 from agent.config import HubSettings, Settings
 from agent.hub import app as hub_app
-from agent.hub.accounts import Account, Role
+from agent.hub.accounts import Role
 from agent.hub.push_api import add_push_routes, has_push_routes
 from agent.hub.server import HubServer
 from agent.push.service import PushService
@@ -22,18 +22,6 @@ from agent.push.settings import PushSettings
 from .loopback import LoopbackPushService, TlsFiles
 
 TIMEOUT = 10.0
-
-
-@dataclass
-class User:
-    """An account of the test hub and a token for it."""
-
-    account: Account
-    token: str
-
-    @property
-    def user_id(self) -> str:
-        return self.account.user_id
 
 
 class PushHub:
