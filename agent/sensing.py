@@ -125,7 +125,7 @@ class Sensing:
         return lambda: analyzer.watch(camera)
 
     def add_control(self, handlers: dict[str, ControlHandler]) -> None:
-        """Serve more operations on the control socket (``status`` comes from the daemon)."""
+        """Serve more operations on the control socket (``status`` comes from the wiring)."""
         self.control.add_handlers(handlers)
 
     def register_channels(self, registry: ChannelRegistry) -> None:
