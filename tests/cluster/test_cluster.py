@@ -12,11 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
-from rtc.conftest import LOOPBACK, Inbox, Viewer, small_pattern
+from rtc.conftest import LOOPBACK, Inbox, Party, Viewer, small_pattern
 
 from agent.client import RealtimeClient
 from agent.config import HubSettings, Settings
-from agent.hub.accounts import Account, Role
+from agent.hub.accounts import Role
 from agent.hub.server import HubServer
 from agent.media import MediaHub, TalkbackSink
 from agent.rtc.desk import AccountDirectory, CallDesk
@@ -29,17 +29,10 @@ PASSWORD = "correct horse battery"
 
 
 @dataclass
-class Member:
+class Member(Party):
     """A client connected to one node, and its account."""
 
-    client: RealtimeClient
-    account: Account
-    inbox: Inbox
     node: HubServer
-
-    @property
-    def user_id(self) -> str:
-        return self.account.user_id
 
     def texts(self, kind: str) -> list[Any]:
         return [m.message for m in self.inbox.messages if m.type == kind]
