@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal, Self, TypeVar
+from uuid import UUID
 
 from fastapi import Body, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 
@@ -40,6 +49,8 @@ from agent.hub.openapi import (
     FilesAfterRoutes,
     allowed_methods,
     install_api_contract,
+    reference_check,
+    refusal,
 )
 from agent.hub.push_api import add_push_routes
 from agent.hub.realtime import ASGIReceive, RealtimeEndpoint
@@ -118,63 +129,93 @@ class LoginResponse(Me):
     expires_at: int = Field(description="Unix time the token expires at.")
 
 
-_FETCH_OPTIONS: Final = {
-    "limit": "Page size, 1 to 1000 (default 50).",
-    "startKey": "The startKey of the previous page; omit for the first.",
-    "ascending": "Sort order (default true).",
-}
+_CONDITION_DOC: Final = '">=" on a group name means "starts with"; not with range.'
 
 
-class GroupsRequest(BaseModel):
-    """getRealtimeGroups parameters and FetchOptions; validated as the reference does."""
+class FetchOptions(BaseModel):
+    """The reference's FetchOptions, riding along in a listing's body.
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
+    The rules and their texts are :mod:`agent.hub.listing`'s, run by the subclasses'
+    validators; the types here describe them and give the route typed values.
+    """
 
-    searchFor: Any = Field(None, json_schema_extra={"enum": ["group", "number_of_users", None]})
-    value: Any = Field(None, json_schema_extra={"type": ["string", "number", "null"]})
-    condition: Any = Field(
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int | None = Field(
         None,
-        json_schema_extra={
-            "enum": [">", ">=", "=", "<", "<=", "!=", "gt", "gte", "eq", "lt", "lte", "ne", None]
-        },
-        description='">=" on a group name means "starts with".',
+        ge=1,
+        le=listing.MAX_LIMIT,
+        description=f"Page size (default {listing.DEFAULT_LIMIT}).",
     )
-    range: Any = Field(
-        None,
-        json_schema_extra={"type": ["string", "number", "null"]},
-        description="Inclusive upper end of value..range; not with condition.",
+    startKey: str | None = Field(
+        None, description="The startKey of the previous page; omit for the first."
     )
-    limit: Any = Field(
-        None, json_schema_extra={"type": ["integer", "null"]}, description=_FETCH_OPTIONS["limit"]
-    )
-    startKey: Any = Field(
-        None, json_schema_extra={"type": ["string", "null"]}, description=_FETCH_OPTIONS["startKey"]
-    )
-    ascending: Any = Field(
-        None,
-        json_schema_extra={"type": ["boolean", "null"]},
-        description=_FETCH_OPTIONS["ascending"],
-    )
+    ascending: bool | None = Field(None, description="Sort order (default true).")
+
+    _page: listing.PageRequest = PrivateAttr(default_factory=listing.PageRequest)
+
+    @property
+    def page(self) -> listing.PageRequest:
+        """The validated FetchOptions."""
+        return self._page
 
 
-class UsersRequest(BaseModel):
-    """getRealtimeUsers parameters and FetchOptions."""
+class GroupsRequest(FetchOptions):
+    """getRealtimeGroups parameters and FetchOptions, checked as the reference does."""
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
+    searchFor: listing.SearchFor | None = Field(None, description="The field compared.")
+    value: str | float | None = Field(None, description="A group name, or a number of users.")
+    condition: (
+        Literal[">", ">=", "=", "<", "<=", "!=", "gt", "gte", "eq", "lt", "lte", "ne"] | None
+    ) = Field(None, description=_CONDITION_DOC)
+    range: str | float | None = Field(
+        None, description="Inclusive upper end of value..range; not with condition."
+    )
 
-    group: Any = Field(None, json_schema_extra={"type": "string"})
-    user_id: Any = Field(None, json_schema_extra={"type": ["string", "null"], "format": "uuid"})
-    limit: Any = Field(
-        None, json_schema_extra={"type": ["integer", "null"]}, description=_FETCH_OPTIONS["limit"]
-    )
-    startKey: Any = Field(
-        None, json_schema_extra={"type": ["string", "null"]}, description=_FETCH_OPTIONS["startKey"]
-    )
-    ascending: Any = Field(
-        None,
-        json_schema_extra={"type": ["boolean", "null"]},
-        description=_FETCH_OPTIONS["ascending"],
-    )
+    _query: listing.GroupQuery = PrivateAttr(default_factory=listing.GroupQuery)
+
+    @property
+    def query(self) -> listing.GroupQuery:
+        """The validated search."""
+        return self._query
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _listing_rules(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        if not isinstance(data, Mapping):
+            return handler(data)  # pydantic names what the body should be
+        query, page = reference_check(
+            lambda: (listing.parse_group_query(data), listing.parse_page_request(data))
+        )
+        request = handler(data)
+        request._query, request._page = query, page
+        return request
+
+
+class UsersRequest(FetchOptions):
+    """getRealtimeUsers parameters and FetchOptions, checked as the reference does."""
+
+    group: str = Field(min_length=1, description="The group whose connections are listed.")
+    user_id: UUID | None = Field(None, description="Only this user's connections.")
+
+    _query: listing.UserQuery = PrivateAttr()
+
+    @property
+    def query(self) -> listing.UserQuery:
+        """The validated listing."""
+        return self._query
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _listing_rules(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        if not isinstance(data, Mapping):
+            return handler(data)
+        query, page = reference_check(
+            lambda: (listing.parse_user_query(data), listing.parse_page_request(data))
+        )
+        request = handler(data)
+        request._query, request._page = query, page
+        return request
 
 
 class GroupItem(BaseModel):
@@ -384,16 +425,14 @@ def _add_listing_routes(app: FastAPI, services: HubServices) -> None:
         account: Authed, body: Annotated[GroupsRequest | None, Body()] = None
     ) -> GroupsPage:
         """getRealtimeGroups: list groups by name or by number of users, paged."""
-        params = _params(body)
-        query = listing.parse_group_query(params)
-        page = listing.parse_page_request(params)
+        request = body if body is not None else _without_body(GroupsRequest)
         access = Access.of(account)
         counts = {
             group: n
             for group, n in (await services.backplane.group_counts()).items()
             if access.may_use(group)
         }
-        result = listing.list_groups(query, counts, page)
+        result = listing.list_groups(request.query, counts, request.page)
         items = [GroupItem(group=r.group, number_of_users=r.number_of_users) for r in result.items]
         return GroupsPage(list=items, startKey=result.start_key, endOfList=result.end_of_list)
 
@@ -402,9 +441,8 @@ def _add_listing_routes(app: FastAPI, services: HubServices) -> None:
         account: Authed, body: Annotated[UsersRequest | None, Body()] = None
     ) -> UsersPage:
         """getRealtimeUsers: the connections in a group (optionally of one user), paged."""
-        params = _params(body)
-        query = listing.parse_user_query(params)
-        page = listing.parse_page_request(params)
+        request = body if body is not None else _without_body(UsersRequest)
+        query, page = request.query, request.page
         if not Access.of(account).may_use(query.group):
             raise RealtimeError(
                 Codes.FORBIDDEN, f'Group "{query.group}" is not granted to "{account.name}".'
@@ -494,7 +532,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(400, Codes.INVALID_PARAMETER, _describe_validation(exc))
+        # A shared validator's refusal keeps the reference's text; pydantic's own errors
+        # (a body that is not JSON, not an object) are described naming the field.
+        message = refusal(exc.errors()) or _describe_validation(exc)
+        return _error(400, Codes.INVALID_PARAMETER, message)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -508,10 +549,15 @@ def _add_error_handlers(app: FastAPI) -> None:
         return response
 
 
-def _params(body: BaseModel | None) -> dict[str, Any]:
-    if body is None:
-        return {}
-    return body.model_dump(exclude_unset=True)
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+def _without_body(model: type[_Body]) -> _Body:
+    """``model`` for a request that sent no body: as if it were ``{}``, refusals included."""
+    try:
+        return model.model_validate({})
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
 
 
 def _describe_validation(exc: RequestValidationError) -> str:

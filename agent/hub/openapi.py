@@ -19,6 +19,12 @@ FastAPI makes, once, into the one ``/openapi.json`` serves:
 
 A method a path does not serve is answered 405 with ``Allow`` naming the methods it does
 (RFC 9110 section 15.5.6): :func:`allowed_methods` (the handler is in ``app.py``).
+
+Request bodies are typed pydantic models, so the document describes them from their types.
+Their rules and refusal texts have one definition, the shared pure validators (the ones the
+realtime and push cores use, with the reference's messages): a model's validator runs them
+through :func:`reference_check`, which turns their INVALID_PARAMETER refusal into a pydantic
+error of type :data:`REFUSED`; :func:`refusal` finds its text again for the answer.
 """
 
 from __future__ import annotations
@@ -28,20 +34,24 @@ import enum
 import http
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.security.http import HTTPBase
 from pydantic import BaseModel, Field
+from pydantic_core import PydanticCustomError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agent.errors import Codes, RealtimeError
+
 __all__ = [
     "ANSWERS",
     "MAX_BODY_BYTES",
+    "REFUSED",
     "Answer",
     "Auth",
     "BodyLimit",
@@ -51,6 +61,8 @@ __all__ = [
     "allowed_methods",
     "describe_answers",
     "install_api_contract",
+    "reference_check",
+    "refusal",
     "route_auth",
 ]
 
@@ -60,6 +72,10 @@ MAX_BODY_BYTES: Final = 1024 * 1024
 _ERROR_REF: Final = "#/components/schemas/ErrorBody"
 _FASTAPI_VALIDATION: Final = ("HTTPValidationError", "ValidationError")
 _STATIC_METHODS: Final = ("GET", "HEAD")  # what the viewer's file mount serves
+# The pydantic error type of a shared validator's refusal; its message is the answer's.
+REFUSED: Final = "refused"
+
+T = TypeVar("T")
 
 
 class ErrorBody(BaseModel):
@@ -173,6 +189,26 @@ def route_auth(
         for method in route.methods or ():
             found[(method.lower(), route.path_format)] = kind
     return found
+
+
+def reference_check(check: Callable[[], T]) -> T:
+    """What ``check`` (a shared validator) returns; run inside a pydantic model's validator.
+
+    Its INVALID_PARAMETER refusal becomes a pydantic error of type :data:`REFUSED` carrying
+    the message unchanged (no context, so braces in it are not a template); a refusal with
+    another code is not a validation error and goes up as it is, to the app's handler.
+    """
+    try:
+        return check()
+    except RealtimeError as exc:
+        if exc.code != Codes.INVALID_PARAMETER:
+            raise
+        raise PydanticCustomError(REFUSED, exc.message) from None
+
+
+def refusal(errors: Iterable[Mapping[str, Any]]) -> str | None:
+    """The message of the first :data:`REFUSED` error in ``errors``, if there is one."""
+    return next((str(error["msg"]) for error in errors if error.get("type") == REFUSED), None)
 
 
 def allowed_methods(routes: Iterable[BaseRoute], scope: Scope) -> str:

@@ -14,6 +14,12 @@ Every route takes the app's own bearer-token dependency (passed in, so authentic
 in one place); errors are the app's ``{"code", "message"}`` answers (INVALID_PARAMETER 400,
 FORBIDDEN 403, RATE_LIMITED 429). Who may push to whom: :mod:`agent.push.recipients`.
 
+The bodies are typed models, which the OpenAPI document describes; their rules and refusal
+texts are the push core's (:mod:`agent.push.subscriptions`, :mod:`agent.push.message`), run
+by each model's validator, so a refusal over HTTP reads as the core's. The push service
+applies the same functions again with what depends on its settings (a private endpoint
+host, the default ``ttl``), and a batch's items one by one.
+
 ``send-batch`` is how an agent's outbox catches up after an outage: the requests are
 accepted in order in one transaction, and each gets the answer ``send`` would have given
 it (the status, and for an error its code and message), so one refused alert does not
@@ -23,15 +29,27 @@ This module does not use ``from __future__ import annotations``: FastAPI reads t
 signatures at definition time, and they name the injected dependency, a local variable.
 """
 
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Final
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Annotated, Any, Final, Self
+from uuid import UUID
 
 from fastapi import Body, Depends, FastAPI
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ModelWrapValidatorHandler,
+    model_validator,
+)
 
 from agent.errors import Codes, RealtimeError
-from agent.hub.accounts import Account
+from agent.hub.accounts import Account, Role
+from agent.hub.openapi import reference_check
+from agent.push.message import Urgency, parse_send_request
 from agent.push.service import MAX_BATCH, PushService
+from agent.push.settings import MAX_TTL_SECONDS
+from agent.push.subscriptions import MAX_ENDPOINT_CHARS, check_endpoint, parse_subscription
 
 __all__ = [
     "PUSH_ROUTE_PREFIX",
@@ -49,6 +67,9 @@ SUBSCRIBED_TEXT: Final = "SUCCESS: Subscribed to receive notifications."
 UNSUBSCRIBED_TEXT: Final = "SUCCESS: Unsubscribed from notifications."
 SENT_TEXT: Final = "SUCCESS: Notification sent."
 _TAGS: Final[list[str | Any]] = ["push"]
+_URI: Final[dict[str, JsonValue]] = {
+    "format": "uri"
+}  # JSON Schema's format for a URL that a str field holds
 # The statuses the app answers these codes with (agent/hub/app.py), for one batch item.
 _STATUS_OF_CODE: Final = {
     Codes.INVALID_PARAMETER: 400,
@@ -66,21 +87,36 @@ class VapidKey(BaseModel):
 
 
 class SubscriptionKeys(BaseModel):
-    """A subscription's keys (RFC 8291), base64url."""
+    """A subscription's keys (RFC 8291 section 3), base64url as the browser gives them."""
 
     model_config = ConfigDict(extra="allow")
 
-    p256dh: Any = Field(None, json_schema_extra={"type": "string"}, description="65 bytes.")
-    auth: Any = Field(None, json_schema_extra={"type": "string"}, description="16 bytes.")
+    p256dh: str = Field(min_length=1, description="The browser's P-256 key: 65 bytes.")
+    auth: str = Field(min_length=1, description="The authentication secret: 16 bytes.")
 
 
 class SubscriptionBody(BaseModel):
-    """``PushSubscription.toJSON()`` as a browser gives it (``expirationTime`` is ignored)."""
+    """``PushSubscription.toJSON()`` as a browser gives it (``expirationTime`` is ignored).
+
+    Checked by :func:`~agent.push.subscriptions.parse_subscription`; whether the endpoint's
+    host may be private is the push service's setting, so the service checks that.
+    """
 
     model_config = ConfigDict(extra="allow")
 
-    endpoint: Any = Field(None, json_schema_extra={"type": "string", "format": "uri"})
-    keys: SubscriptionKeys | None = None
+    endpoint: str = Field(
+        min_length=1,
+        max_length=MAX_ENDPOINT_CHARS,
+        description="The push service's https URL for this browser.",
+        json_schema_extra=_URI,
+    )
+    keys: SubscriptionKeys
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _push_rules(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        reference_check(lambda: parse_subscription(data, allow_private=True))
+        return handler(data)
 
 
 class UnsubscribeBody(BaseModel):
@@ -88,44 +124,72 @@ class UnsubscribeBody(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    endpoint: Any = Field(None, json_schema_extra={"type": "string", "format": "uri"})
+    endpoint: str = Field(min_length=1, max_length=MAX_ENDPOINT_CHARS, json_schema_extra=_URI)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _push_rules(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        if isinstance(data, Mapping):
+            reference_check(lambda: check_endpoint(data.get("endpoint"), allow_private=True))
+        return handler(data)
 
 
 class SendBody(BaseModel):
-    """A push notification and its recipients; nobody named is everyone the caller may reach."""
+    """A push notification and its recipients; nobody named is everyone the caller may reach.
 
-    model_config = ConfigDict(extra="allow")
+    Checked by :func:`~agent.push.message.parse_send_request`, the rules and texts of every
+    send (a batch's items too).
+    """
 
-    title: Any = Field(None, json_schema_extra={"type": "string"})
-    body: Any = Field(None, json_schema_extra={"type": "string"})
-    user_ids: Any = Field(
+    model_config = ConfigDict(extra="forbid")
+
+    title: str
+    body: str = ""
+    user_ids: UUID | list[UUID] | None = Field(None, description="A user id or a list of them.")
+    users: list[str] | None = Field(None, description="Account names.")
+    roles: list[Role] | None = None
+    id: str | None = Field(
         None,
-        json_schema_extra={"anyOf": [{"type": "string"}, {"type": "array"}, {"type": "null"}]},
-        description="A user id or a list of them.",
+        min_length=1,
+        max_length=128,
+        description="An alert id (letters, digits, _ . : -): a resend with the same id is not "
+        "pushed again.",
     )
-    users: Any = Field(
-        None, json_schema_extra={"type": ["array", "null"]}, description="Account names."
+    urgency: Urgency | None = Field(None, description="RFC 8030 section 5.3 (default normal).")
+    ttl: int | None = Field(
+        None, ge=0, le=MAX_TTL_SECONDS, description="Seconds to live (RFC 8030 section 5.2)."
     )
-    roles: Any = Field(
-        None, json_schema_extra={"type": ["array", "null"]}, description="admin|user|device"
+    topic: str | None = Field(
+        None,
+        min_length=1,
+        max_length=32,
+        description="A newer message with the same topic replaces this one (RFC 8030 section "
+        "5.4): A-Z a-z 0-9 - _.",
     )
-    id: Any = Field(None, description="An alert id: a resend with the same id is not pushed again.")
-    urgency: Any = Field(
-        None, json_schema_extra={"enum": ["very-low", "low", "normal", "high", None]}
-    )
-    ttl: Any = Field(
-        None, json_schema_extra={"type": ["integer", "null"]}, description="Seconds to live."
-    )
-    topic: Any = Field(None, description="A newer message with the same topic replaces this one.")
+    url: str | None = Field(None, description="What a click opens: a path on the hub.")
+    device: str | None = Field(None, min_length=1, max_length=128, description="Its device.")
+    event: str | None = Field(None, min_length=1, max_length=128, description="Its event.")
+    time: float | None = Field(None, ge=0, description="When it happened, Unix seconds.")
+    snapshot: str | None = Field(None, description="An image: a path on the hub or https URL.")
+    call: bool = Field(False, description="Whether a click offers to call the device.")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _push_rules(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        # default_ttl only fills in a missing ttl, which this check does not keep.
+        reference_check(lambda: parse_send_request(data, default_ttl=0))
+        return handler(data)
 
 
 class SendBatchBody(BaseModel):
-    """Several send requests, accepted in order in one transaction."""
+    """Several send requests, accepted in order in one transaction.
 
-    alerts: Any = Field(
-        None,
-        json_schema_extra={"type": "array", "items": {"type": "object"}, "maxItems": MAX_BATCH},
-        description=f"1 to {MAX_BATCH} bodies of /api/push/send.",
+    The items are checked one by one, each answered as ``/api/push/send`` would answer it,
+    so the list only says they are objects.
+    """
+
+    alerts: list[dict[str, Any]] = Field(
+        min_length=1, max_length=MAX_BATCH, description="Bodies of /api/push/send."
     )
 
 
@@ -167,7 +231,7 @@ def add_push_routes(
         body: Annotated[SubscriptionBody, Body()],
     ) -> str:
         """subscribeNotification: store this browser's subscription for the caller."""
-        await push.subscribe(account.user_id, body.model_dump(exclude_unset=True))
+        await push.subscribe(account.user_id, body.model_dump(mode="json", exclude_unset=True))
         return SUBSCRIBED_TEXT
 
     @app.post(f"{PUSH_ROUTE_PREFIX}/unsubscribe", tags=_TAGS)
@@ -176,7 +240,7 @@ def add_push_routes(
         body: Annotated[UnsubscribeBody, Body()],
     ) -> str:
         """unsubscribeNotification: delete the caller's subscription at ``endpoint``."""
-        await push.unsubscribe(account.user_id, body.model_dump(exclude_unset=True))
+        await push.unsubscribe(account.user_id, body.model_dump(mode="json", exclude_unset=True))
         return UNSUBSCRIBED_TEXT
 
     @app.post(f"{PUSH_ROUTE_PREFIX}/send", tags=_TAGS)
@@ -185,7 +249,7 @@ def add_push_routes(
         body: Annotated[SendBody, Body()],
     ) -> str:
         """pushNotification: admins to anyone, devices to whom their settings allow."""
-        await push.send(account, body.model_dump(exclude_unset=True))
+        await push.send(account, body.model_dump(mode="json", exclude_unset=True))
         return SENT_TEXT
 
     @app.post(f"{PUSH_ROUTE_PREFIX}/send-batch", tags=_TAGS)
