@@ -47,7 +47,7 @@ from agent.errors import Codes, RealtimeError
 from agent.hub.accounts import Account, Role
 from agent.hub.openapi import reference_check
 from agent.push.message import Urgency, parse_send_request
-from agent.push.service import MAX_BATCH, PushService
+from agent.push.service import MAX_BATCH, PushService, check_batch
 from agent.push.settings import MAX_TTL_SECONDS
 from agent.push.subscriptions import MAX_ENDPOINT_CHARS, check_endpoint, parse_subscription
 
@@ -185,12 +185,19 @@ class SendBatchBody(BaseModel):
     """Several send requests, accepted in order in one transaction.
 
     The items are checked one by one, each answered as ``/api/push/send`` would answer it,
-    so the list only says they are objects.
+    so the list only says they are objects (:func:`~agent.push.service.check_batch`).
     """
 
     alerts: list[dict[str, Any]] = Field(
         min_length=1, max_length=MAX_BATCH, description="Bodies of /api/push/send."
     )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _push_rules(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        if isinstance(data, Mapping):
+            reference_check(lambda: check_batch(data.get("alerts")))
+        return handler(data)
 
 
 class BatchResult(BaseModel):

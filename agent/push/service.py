@@ -68,7 +68,7 @@ from agent.push.store import PUSH_DB_FILE, StoredSubscription, SubscriptionStore
 from agent.push.subscriptions import Subscription, check_endpoint, parse_subscription
 from agent.push.vapid import VapidKeys, VapidSigner
 
-__all__ = ["MAX_BATCH", "AccountDirectory", "IsConnected", "PushService"]
+__all__ = ["MAX_BATCH", "AccountDirectory", "IsConnected", "PushService", "check_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -260,16 +260,7 @@ class PushService:
             RealtimeError: INVALID_PARAMETER when ``bodies`` is not a list of 1 to
                 ``MAX_BATCH`` objects.
         """
-        if (
-            not isinstance(bodies, list)
-            or not 0 < len(bodies) <= MAX_BATCH
-            or not all(isinstance(body, dict) for body in bodies)
-        ):
-            raise RealtimeError(
-                Codes.INVALID_PARAMETER,
-                f'"alerts" must be a list of 1 to {MAX_BATCH} send requests (objects).',
-            )
-        return await self._accept(caller, bodies)
+        return await self._accept(caller, check_batch(bodies))
 
     def notify_users(
         self,
@@ -579,6 +570,23 @@ class PushService:
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         self._changed.set()
+
+
+def check_batch(bodies: Any) -> list[dict[str, Any]]:
+    """``bodies`` if it is a list of 1 to ``MAX_BATCH`` objects; INVALID_PARAMETER if not.
+
+    Only the shape of the batch: each request is checked on its own, as ``send`` would.
+    """
+    if (
+        not isinstance(bodies, list)
+        or not 0 < len(bodies) <= MAX_BATCH
+        or not all(isinstance(body, dict) for body in bodies)
+    ):
+        raise RealtimeError(
+            Codes.INVALID_PARAMETER,
+            f'"alerts" must be a list of 1 to {MAX_BATCH} send requests (objects).',
+        )
+    return bodies
 
 
 async def _logged(work: Coroutine[Any, Any, Any], name: str) -> Any:
