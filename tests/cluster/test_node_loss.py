@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -15,8 +15,16 @@ import httpx
 import psycopg
 import pytest
 from postgres import PASSWORD
-from push.loopback import LoopbackPushService, Received
-from recovery.processes import Account, AgentProcess, HubProcess, agent_config
+from push.loopback import LoopbackPushService, once_each
+from recovery.processes import (
+    Account,
+    AgentProcess,
+    HubProcess,
+    agent_config,
+    at_least,
+    equals,
+    poll,
+)
 from rtc.conftest import Inbox
 
 from agent.client import RealtimeClient
@@ -141,25 +149,8 @@ async def until(inbox: Inbox, predicate: Callable[[], bool]) -> None:
         await inbox._changed.wait_for(predicate)
 
 
-async def poll(check: Callable[[], Awaitable[bool]], what: str, within: float = WAIT) -> None:
-    """Ask other processes until ``check`` holds (they cannot tell us by themselves)."""
-    try:
-        async with asyncio.timeout(within):
-            while not await check():  # noqa: ASYNC110 (other processes: nothing to await)
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"not within {within:g} s: {what}") from None
-
-
 def count(inbox: Inbox, **match: Any) -> int:
     return sum(all(getattr(m, k) == v for k, v in match.items()) for m in inbox.messages)
-
-
-def once_each(received: list[Received]) -> list[str]:
-    """The alert ids in arrival order, asserting none came twice."""
-    ids = [r.payload["id"] for r in received]
-    assert len(set(ids)) == len(ids), "an alert arrived twice"
-    return ids
 
 
 async def test_a_killed_nodes_clients_move_and_presence_converges(cluster: Cluster) -> None:
@@ -222,7 +213,7 @@ async def test_alerts_sent_through_a_node_that_is_killed_arrive_once_each(
         await agent.start()
         await agent.trigger("ring")
         await service.wait_for(1, within=WAIT)  # through node one, as usual
-        await poll(lambda: _equals(cluster.queued(), 0), "the first alert's row was deleted")
+        await poll(lambda: equals(cluster.queued(), 0), "the first alert's row was deleted")
 
         # A delivery the push service accepted in the instant before its node died is sent
         # again by another node (documented in agent/push/service.py); with the service
@@ -231,15 +222,15 @@ async def test_alerts_sent_through_a_node_that_is_killed_arrive_once_each(
         await asyncio.gather(*(agent.trigger("ring") for _ in range(10)))
         # Node one has taken some (they wait in the shared queue) while the rest are on
         # their way from the agent's outbox: then it dies.
-        await poll(lambda: _at_least(cluster.queued(), 4), "node one queued alerts")
+        await poll(lambda: at_least(cluster.queued(), 4), "node one queued alerts")
         mark = len(agent.log)
         await one.kill()
         await asyncio.gather(*(agent.trigger("ring") for _ in range(10)))
         await agent.wait_log(_LINK_UP, after=mark)  # on node two or three now
         await service.start()
         await service.wait_for(21, within=DRAINED_WITHIN)
-        await poll(lambda: _equals(agent.outbox_depth(), 0), "the outbox emptied")
-        await poll(lambda: _equals(cluster.queued(), 0), "the nodes drained the queue")
+        await poll(lambda: equals(agent.outbox_depth(), 0), "the outbox emptied")
+        await poll(lambda: equals(cluster.queued(), 0), "the nodes drained the queue")
         assert len(once_each(service.received)) == 21
         assert {r.path for r in service.received} == {"alice-phone"}
         assert all(node.running for node in (two, three))
@@ -272,11 +263,3 @@ async def test_routing_recovers_when_redis_restarts(
         assert all(node.running for node in cluster.nodes)
     finally:
         await cluster.close()
-
-
-async def _equals(value: Awaitable[float], expected: float) -> bool:
-    return await value == expected
-
-
-async def _at_least(value: Awaitable[float], minimum: float) -> bool:
-    return await value >= minimum

@@ -123,6 +123,13 @@ class Received:
     at: float  # time.monotonic() on arrival
 
 
+def once_each(received: list[Received]) -> list[str]:
+    """The alert ids in arrival order, asserting none came twice."""
+    ids = [r.payload["id"] for r in received]
+    assert len(set(ids)) == len(ids), "an alert arrived twice"
+    return ids
+
+
 @dataclass(frozen=True)
 class Answer:
     """A scripted answer."""

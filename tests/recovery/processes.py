@@ -1,5 +1,6 @@
 """Real processes for the recovery tests: ``edge-agent hub`` and ``edge-agent run``, their
-settings files, accounts, and the ways a test talks to them (control socket, /metrics)."""
+settings files, accounts, and the ways a test talks to them (control socket, /metrics,
+``poll`` until what they report holds)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from agent.hub.tokens import TokenIssuer
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
+POLL_TIMEOUT = 30.0
 _LISTENING = re.compile(r"hub listening on http://127\.0\.0\.1:(\d+)")
 
 
@@ -246,3 +249,26 @@ cooldown = 0
 """
     )
     return path
+
+
+async def poll(
+    check: Callable[[], Awaitable[bool]], what: str, within: float = POLL_TIMEOUT
+) -> None:
+    """Ask other processes until ``check`` holds (they cannot tell us by themselves); an
+    ``AssertionError`` naming ``what`` if it does not within ``within`` seconds."""
+    try:
+        async with asyncio.timeout(within):
+            while not await check():  # noqa: ASYNC110 (other processes: nothing to await)
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"not within {within:g} s: {what}") from None
+
+
+async def equals(value: Awaitable[float], expected: float) -> bool:
+    """A ``poll`` check: the figure a process reports is ``expected``."""
+    return await value == expected
+
+
+async def at_least(value: Awaitable[float], minimum: float) -> bool:
+    """A ``poll`` check: the figure a process reports is ``minimum`` or more."""
+    return await value >= minimum

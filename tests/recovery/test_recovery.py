@@ -5,19 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from linkproxy import LinkProxy
-from push.loopback import LoopbackPushService, Received, TlsFiles
+from push.loopback import LoopbackPushService, TlsFiles, once_each
 
 from agent.client import RealtimeClient, RealtimeMessage
 from agent.hub.accounts import Role
 
-from .processes import AgentProcess, HubProcess, agent_config, hub_config, make_accounts
+from .processes import (
+    AgentProcess,
+    HubProcess,
+    agent_config,
+    equals,
+    hub_config,
+    make_accounts,
+    poll,
+)
 
 WAIT = 30.0
 
@@ -75,16 +83,6 @@ async def site(tmp_path: Path, tls: TlsFiles, service: LoopbackPushService) -> A
     await made.close()
 
 
-async def poll(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Ask another process until ``check`` holds (it cannot tell us by itself)."""
-    try:
-        async with asyncio.timeout(WAIT):
-            while not await check():  # noqa: ASYNC110 (another process: nothing to await)
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"not within {WAIT:g} s: {what}") from None
-
-
 class Inbox:
     """Every message a client got, kept in order; a test awaits the ones it expects."""
 
@@ -122,13 +120,6 @@ class Inbox:
         )
 
 
-def once_each(received: list[Received]) -> list[str]:
-    """The alert ids in arrival order, asserting none came twice."""
-    ids = [r.payload["id"] for r in received]
-    assert len(set(ids)) == len(ids), "an alert arrived twice"
-    return ids
-
-
 async def test_hub_killed_while_the_push_service_is_down_then_both_back_delivers_10_once(
     site: Site, service: LoopbackPushService
 ) -> None:
@@ -136,13 +127,13 @@ async def test_hub_killed_while_the_push_service_is_down_then_both_back_delivers
     await service.stop()  # the push service is down
     for _ in range(10):
         await agent.trigger("ring")
-    await poll(lambda: _equals(agent.outbox_depth(), 0), "the hub took every alert")
+    await poll(lambda: equals(agent.outbox_depth(), 0), "the hub took every alert")
     assert await site.hub.metric("edge_hub_push_queue_depth") == 10
     await site.hub.kill()  # with 10 accepted and undelivered alerts
     await service.start()
     await site.hub.start()
     received = await service.wait_for(10, within=WAIT)
-    await poll(lambda: _equals(site.hub.metric("edge_hub_push_queue_depth"), 0), "drained")
+    await poll(lambda: equals(site.hub.metric("edge_hub_push_queue_depth"), 0), "drained")
     assert len(once_each(service.received)) == 10
     assert {r.headers["Urgency"] for r in received} == {"high"}
 
@@ -155,7 +146,7 @@ async def test_a_60_second_push_outage_delivers_all_10(
     down_at = time.monotonic()
     for _ in range(10):
         await agent.trigger("ring")
-    await poll(lambda: _equals(agent.outbox_depth(), 0), "the hub took every alert")
+    await poll(lambda: equals(agent.outbox_depth(), 0), "the hub took every alert")
     # The outage itself: a minute of real time in which every attempt is refused.
     await asyncio.sleep(60 - (time.monotonic() - down_at))
     assert await site.hub.metric("edge_hub_push_queue_depth") == 10
@@ -180,7 +171,7 @@ async def test_an_agent_killed_1_ms_after_fired_keeps_every_alert(
         assert len(answers) == 5
     await agent.start()
     await service.wait_for(20, within=WAIT)
-    await poll(lambda: _equals(agent.outbox_depth(), 0), "the outbox emptied")
+    await poll(lambda: equals(agent.outbox_depth(), 0), "the outbox emptied")
     assert len(once_each(service.received)) == 20
 
 
@@ -231,7 +222,3 @@ async def _kill_hub_between_deliveries(site: Site, service: LoopbackPushService)
     await poll(settled, "every accepted push recorded by the hub")
     site.proxy.cut()  # the agent stays away until alice is back (see the caller)
     await site.hub.kill()
-
-
-async def _equals(value: Awaitable[float], expected: float) -> bool:
-    return await value == expected
