@@ -75,8 +75,8 @@ class Stack:
         await self.service.start()
         self.hub, self.push = await _start_hub(self.workdir / "hub", self.settings)
         self.service.vapid_public_key = self.push.public_key
-        alice = self.hub.accounts.add("alice", None, Role.USER)
-        door = self.hub.accounts.add("door", None, Role.DEVICE)
+        alice = self.hub.accounts.add("alice", None, Role.USER, groups=[GROUP])
+        door = self.hub.accounts.add("door", None, Role.DEVICE, groups=[GROUP])
         root = self.hub.accounts.add("root", None, Role.ADMIN)
         self.member = await self._client(self.hub.tokens.issue(alice, 3600), self._on_member)
         self.device = await self._client(self.hub.tokens.issue(door, 3600), None)
