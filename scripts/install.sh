@@ -281,15 +281,23 @@ legacy_license() {
     sed -i -E 's/^license = ("[^"]+")$/license = { text = \1 }/' "$1"
 }
 
+# True (standard input drained, and said) when PATH exists: settings are never overwritten.
+kept_existing() {
+    [ -e "$1" ] || return 1
+    say "kept existing $1"
+    cat >/dev/null
+}
+
+# Standard input to PATH, never readable by others while written, then MODE.
+write_private() {
+    (umask 077 && cat >"$1")
+    chmod "$2" "$1"
+}
+
 write_if_missing() {
     local path=$1 mode=$2
-    if [ -e "$path" ]; then
-        say "kept existing $path"
-        cat >/dev/null
-        return
-    fi
-    (umask 077 && cat >"$path")
-    chmod "$mode" "$path"
+    if kept_existing "$path"; then return; fi
+    write_private "$path" "$mode"
     [ "$DO_USER" = 0 ] || chown "root:$SERVICE_USER" "$path"
     say "wrote $path"
 }
@@ -473,13 +481,8 @@ EOF
 # write_if_missing, owned by root and readable by GROUP (when accounts are ours to touch).
 write_if_missing_as() {
     local path=$1 mode=$2 group=$3
-    if [ -e "$path" ]; then
-        say "kept existing $path"
-        cat >/dev/null
-        return
-    fi
-    (umask 077 && cat >"$path")
-    chmod "$mode" "$path"
+    if kept_existing "$path"; then return; fi
+    write_private "$path" "$mode"
     if [ "$DO_USER" = 1 ] && getent group "$group" >/dev/null; then chown "root:$group" "$path"; fi
     say "wrote $path"
 }
