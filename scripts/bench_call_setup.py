@@ -29,10 +29,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+from _call_timing import first_video_frame
 from aiortc.rtcdtlstransport import RTCCertificate
 
 from agent.client import RealtimeClient
@@ -77,7 +77,10 @@ class Rig:
     async def _client(
         self, name: str, role: Role, factory: PeerFactory
     ) -> tuple[RealtimeClient, str]:
-        account = await asyncio.to_thread(self.hub.accounts.add, name, None, role)
+        # Both accounts are granted the group they meet in: a call needs a shared group.
+        account = await asyncio.to_thread(
+            self.hub.accounts.add, name, None, role, groups=["devices"]
+        )
         client = RealtimeClient(
             self.hub.ws_url, token=self.hub.tokens.issue(account, 3600), rtc_factory=factory
         )
@@ -92,29 +95,9 @@ class Rig:
 
     async def call(self) -> tuple[float, float]:
         """(connect_rtc -> first frame, offer sent -> first frame) in milliseconds."""
-        first_frame: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        readers: list[asyncio.Task[None]] = []
-
-        async def read_one(track: Any) -> None:
-            await track.recv()
-            if not first_frame.done():
-                first_frame.set_result(time.perf_counter())
-
-        def on_event(event: dict[str, Any]) -> None:
-            if event["type"] == "track" and event["track"].kind == "video":
-                readers.append(asyncio.create_task(read_one(event["track"])))
-
-        started = time.perf_counter()
-        connector = await self.caller.connect_rtc(
-            cid=self.cid, media={"video": False, "audio": False}, callback=on_event
-        )
-        sent = time.perf_counter()
-        connection = await asyncio.wait_for(connector.connection, 60)
-        frame_at = await asyncio.wait_for(first_frame, 60)
-        await connection.hangup()
-        for reader in readers:
-            reader.cancel()
-        return (frame_at - started) * 1000, (frame_at - sent) * 1000
+        # As generous as a minute for the connection and another for the frame.
+        timing = await first_video_frame(self.caller, self.cid, seconds=120)
+        return timing.from_asked_ms, timing.from_offer_ms
 
     async def stop(self) -> None:
         await self.desk.stop()
@@ -127,9 +110,9 @@ class Rig:
 class PerCallCertificate(PeerFactory):
     """aiortc's default: a new DTLS certificate for every peer connection."""
 
-    def create(self, servers: Any = None) -> Any:
+    def create(self, servers: Any = None, *, relay_only: bool | None = None) -> Any:
         self.certificate = RTCCertificate.generateCertificate()
-        return super().create(servers)
+        return super().create(servers, relay_only=relay_only)
 
 
 class _Silent(asyncio.DatagramProtocol):

@@ -42,7 +42,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from _call_timing import first_video_frame
 
 from agent.client import RealtimeClient, RealtimeMessage
 from agent.config import load_settings
@@ -207,7 +208,7 @@ class Bench:
             async with self._caller(case, agent, state) as (client, cid):
                 await asyncio.sleep(self.settle)  # let start-up garbage settle, as idle does
                 idle_rss, idle_hwm = agent.memory_mb()
-                first_frame_ms = await _first_frame(client, cid)
+                first_frame_ms = (await first_video_frame(client, cid, seconds=WAIT)).from_offer_ms
                 status = await asyncio.to_thread(
                     request, control_socket_path(state), {"op": "status"}
                 )
@@ -286,33 +287,6 @@ async def _device_connection(
                 return cid
             while (await inbox.get()).sender != device_id:
                 pass
-
-
-async def _first_frame(client: RealtimeClient, cid: str) -> float:
-    """Offer sent -> first decoded video frame, in milliseconds; then hang up."""
-    first: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-    readers: list[asyncio.Task[None]] = []
-
-    async def read_one(track: Any) -> None:
-        await track.recv()
-        if not first.done():
-            first.set_result(time.perf_counter())
-
-    def on_event(event: dict[str, Any]) -> None:
-        if event["type"] == "track" and event["track"].kind == "video":
-            readers.append(asyncio.create_task(read_one(event["track"])))
-
-    connector = await client.connect_rtc(
-        cid=cid, media={"video": False, "audio": False}, callback=on_event
-    )
-    sent = time.perf_counter()
-    async with asyncio.timeout(WAIT):
-        connection = await connector.connection
-        frame_at = await first
-    await connection.hangup()
-    for reader in readers:
-        reader.cancel()
-    return (frame_at - sent) * 1000
 
 
 def _admin_exists(state: Path) -> None:
