@@ -47,9 +47,9 @@ __all__ = [
     "Round",
     "Sequential",
     "Side",
-    "add_size_arguments",
     "burst",
     "bursts",
+    "fanout_parser",
     "fill_sizes",
     "hub_broadcast",
     "idle_baseline",
@@ -389,10 +389,17 @@ _SIZE_HELP: Final = {
 }
 
 
-def add_size_arguments(parser: argparse.ArgumentParser, full: Mapping[str, object]) -> None:
-    """The fan-out sizes as options (``--members`` ... ``--repeat``), defaults from ``full``."""
+def fanout_parser(doc: str | None, full: Mapping[str, object]) -> argparse.ArgumentParser:
+    """A benchmark's options: described by the first paragraph of ``doc``, with the fan-out
+    sizes (``--members`` ... ``--repeat``, defaults from ``full``) and ``--only``."""
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0] if doc else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     for name, text in _SIZE_HELP.items():
         parser.add_argument(f"--{name}", type=int, help=f"{text} (default {full[name]})")
+    parser.add_argument("--only", choices=("fanout", "memory"), help="run one part only")
+    return parser
 
 
 def fill_sizes(args: argparse.Namespace, defaults: Mapping[str, object]) -> None:

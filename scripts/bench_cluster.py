@@ -56,7 +56,7 @@ from _fanout import (  # noqa: E402
     WARM_MESSAGES,
     Round,
     Side,
-    add_size_arguments,
+    fanout_parser,
     fill_sizes,
     idle_baseline,
     join_group,
@@ -315,14 +315,9 @@ def print_summary(
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_size_arguments(parser, FULL)
+    parser = fanout_parser(__doc__, FULL)
     parser.add_argument("--conns", type=int, help="idle connections for memory (3000)")
     parser.add_argument("--content", type=int, default=100, help="broadcast content bytes")
-    parser.add_argument("--only", choices=("fanout", "memory"), help="run one part only")
     parser.add_argument("--quick", action="store_true", help="small sizes, one round")
     args = parser.parse_args(argv)
     fill_sizes(args, QUICK if args.quick else FULL)

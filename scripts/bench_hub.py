@@ -67,7 +67,7 @@ from _fanout import (
     WARM_MESSAGES,
     Round,
     Side,
-    add_size_arguments,
+    fanout_parser,
     fill_sizes,
     idle_baseline,
     join_group,
@@ -541,18 +541,13 @@ def print_memory_summary(points: Sequence[MemoryPoint]) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Options; ``--quick`` changes the defaults of the sizes not given."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_size_arguments(parser, FULL)
+    parser = fanout_parser(__doc__, FULL)
     parser.add_argument(
         "--conns", help="idle connection counts for memory (default 1000,5000,10000)"
     )
     parser.add_argument(
         "--content-bytes", type=int, default=100, help="broadcast content length (default 100)"
     )
-    parser.add_argument("--only", choices=("fanout", "memory"), help="run one part only")
     parser.add_argument(
         "--quick",
         action="store_true",
