@@ -145,7 +145,9 @@ class SendBody(BaseModel):
 
     title: str
     body: str = ""
-    user_ids: UUID | list[UUID] | None = Field(None, description="A user id or a list of them.")
+    user_ids: UUID | Annotated[list[UUID], Field(min_length=1)] | None = Field(
+        None, description="A user id or a list of them; leave it out for everyone."
+    )
     users: list[str] | None = Field(None, description="Account names.")
     roles: list[Role] | None = None
     id: str | None = Field(
