@@ -38,13 +38,14 @@ __all__ = [
     "check_sdp_hooks",
     "check_sender_hooks",
     "check_server_hooks",
+    "check_ws_protocol_hooks",
 ]
 
 # The version ranges of pyproject.toml's dependencies whose internals are hooked.
 SUPPORTED: Final = {
     "aiortc": ">=1.16,<1.17",
     "aioice": ">=0.13,<0.14",
-    "uvicorn": ">=0.34,<0.56",
+    "uvicorn": ">=0.35,<0.56",
 }
 
 
@@ -182,7 +183,6 @@ def check_server_hooks() -> None:
     import uvicorn.config
 
     user = "agent.hub.server"
-    _has("uvicorn", uvicorn.config, "WS_PROTOCOLS", user=user)
     _sets("uvicorn", uvicorn.Config, "lifespan_class", method="load", user=user)
     _sets("uvicorn", uvicorn.Server, "should_exit", user=user)
     _coroutine("uvicorn", uvicorn.Server, "startup", ("sockets",), user=user)
@@ -207,6 +207,48 @@ def check_asgi_send_hook() -> None:
             _coroutine("uvicorn", protocol, _asgi_send_name(protocol), ("message",), user=user)
             return
     raise DependencyMismatchError("uvicorn", "a websockets WebSocket protocol", user=user)
+
+
+def check_ws_protocol_hooks() -> None:
+    """agent.hub.wsprotocol subclasses uvicorn's sans-I/O WebSocket protocol and replaces
+    its ``queue`` (used through ``put_nowait``, ``get`` and ``empty``) and ``writable``
+    (``set``, ``clear``, ``wait``) and drops ``request`` and ``response`` once
+    ``start_keepalive`` runs after the handshake."""
+    user = "agent.hub.wsprotocol"
+    try:
+        module = importlib.import_module("uvicorn.protocols.websockets.websockets_sansio_impl")
+    except ImportError:
+        raise DependencyMismatchError(
+            "uvicorn", "the websockets-sansio protocol", user=user
+        ) from None
+    protocol = _has("uvicorn", module, "WebSocketsSansIOProtocol", user=user)
+    _sets("uvicorn", protocol, "queue", user=user)
+    _sets("uvicorn", protocol, "writable", user=user)
+    _sets("uvicorn", protocol, "request", method="handle_connect", user=user)
+    _sets("uvicorn", protocol, "response", method="handle_connect", user=user)
+    _sets("uvicorn", protocol, "start_keepalive", method="send", user=user)
+    # Everything the protocol asks of the queue and the event, and nothing more.
+    _uses("uvicorn", protocol, "receive", ("queue", "get", "empty"), user=user)
+    _uses(
+        "uvicorn",
+        protocol,
+        "connection_lost",
+        ("queue", "put_nowait", "writable", "set"),
+        user=user,
+    )
+    _uses("uvicorn", protocol, "pause_writing", ("writable", "clear"), user=user)
+    _uses("uvicorn", protocol, "send", ("writable", "wait"), user=user)
+    # A method that reads the queue in a way the replacement lacks would fail mid-call.
+    for name, method in vars(protocol).items():
+        code = getattr(method, "__code__", None)
+        if code is not None and "queue" in code.co_names and _QUEUE_ONLY & set(code.co_names):
+            missing = f"{_qualified(protocol, name)} using only put_nowait/get/empty"
+            raise DependencyMismatchError("uvicorn", missing, user=user)
+
+
+# asyncio.Queue methods agent.hub.wsprotocol.Inbox does not have (names no other call in
+# the protocol uses, so their presence means the queue is used differently).
+_QUEUE_ONLY: Final = frozenset({"get_nowait", "put", "task_done", "full", "maxsize"})
 
 
 # -- checks -------------------------------------------------------------------------------
@@ -252,6 +294,15 @@ def _sets(package: str, cls: type, attribute: str, *, method: str = "__init__", 
     code = getattr(getattr(cls, method, None), "__code__", None)
     if code is None or attribute not in code.co_names:
         raise DependencyMismatchError(package, _qualified(cls, attribute), user=user)
+
+
+def _uses(package: str, cls: type, method: str, names: Sequence[str], *, user: str) -> None:
+    """``cls.method`` still names each of ``names`` (the attributes and methods it calls)."""
+    code = getattr(getattr(cls, method, None), "__code__", None)
+    if code is None or not set(names) <= set(code.co_names):
+        raise DependencyMismatchError(
+            package, f"{_qualified(cls, method)} using {', '.join(names)}", user=user
+        )
 
 
 def _asgi_send_name(protocol: type) -> str:

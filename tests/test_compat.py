@@ -50,6 +50,7 @@ def test_the_hooking_modules_import_with_their_checks() -> None:
         "agent.rtc.ice",
         "agent.hub.server",
         "agent.hub.connection",
+        "agent.hub.wsprotocol",
     )
     code = "import " + ", ".join(modules)
     done = subprocess.run(
@@ -137,6 +138,24 @@ def _installed(package: str) -> str:
             "uvicorn",
             "a websockets WebSocket protocol",
         ),
+        (
+            lambda mp: mp.setattr(_sansio(), "__init__", _without_assignment),
+            compat.check_ws_protocol_hooks,
+            "uvicorn",
+            "WebSocketsSansIOProtocol.queue",
+        ),
+        (
+            lambda mp: mp.setattr(_sansio(), "receive", _receive_without_wait),
+            compat.check_ws_protocol_hooks,
+            "uvicorn",
+            "WebSocketsSansIOProtocol.receive using queue, get, empty",
+        ),
+        (
+            lambda mp: mp.setattr(_sansio(), "shutdown", _shutdown_with_put),
+            compat.check_ws_protocol_hooks,
+            "uvicorn",
+            "WebSocketsSansIOProtocol.shutdown using only put_nowait/get/empty",
+        ),
     ],
     ids=[
         "sender-rtcp",
@@ -148,6 +167,9 @@ def _installed(package: str) -> str:
         "sdp",
         "server",
         "asgi-send",
+        "ws-queue",
+        "ws-receive",
+        "ws-queue-use",
     ],
 )
 def test_a_missing_hook_names_package_version_and_range(
@@ -170,6 +192,22 @@ def test_a_missing_hook_names_package_version_and_range(
     # An import error of the edge-agent tree: the CLI prints it as one line.
     assert isinstance(error, EdgeAgentError)
     assert isinstance(error, ImportError)
+
+
+def _sansio() -> type:
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    return WebSocketsSansIOProtocol
+
+
+async def _receive_without_wait(self: Any) -> Any:
+    """A release whose receive takes events without waiting (a queue API the inbox lacks)."""
+    return self.queue.get_nowait()
+
+
+def _shutdown_with_put(self: Any) -> None:
+    """A release that feeds the queue with a blocking put (the inbox has no ``put``)."""
+    self.tasks.add(self.queue.put({"type": "websocket.disconnect", "code": 1012}))
 
 
 def test_a_changed_signature_is_a_mismatch(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import uvicorn
-import uvicorn.config
 
 from agent.compat import check_server_hooks
 from agent.errors import ConfigError, EdgeAgentError
@@ -41,6 +40,7 @@ from agent.hub.records import open_records
 from agent.hub.snapshots import SnapshotStore
 from agent.hub.tokens import TokenIssuer
 from agent.hub.turn import ice_server_source
+from agent.hub.wsprotocol import HubWebSocketProtocol
 from agent.logs import redact
 from agent.push.service import PushService
 from agent.rtc.settings import IceServerSettings
@@ -55,11 +55,6 @@ log = logging.getLogger(__name__)
 
 check_server_hooks()
 
-# uvicorn's sans-I/O protocol over websockets (no per-connection task for the protocol);
-# older uvicorn releases only have the websockets one.
-_WS_IMPL: Final = (
-    "websockets-sansio" if "websockets-sansio" in uvicorn.config.WS_PROTOCOLS else "websockets"
-)
 # Connections get this long to close when the hub stops, then their tasks are cancelled.
 _GRACEFUL_SHUTDOWN_SECONDS: Final = 3
 _BACKLOG: Final = 2048
@@ -261,7 +256,9 @@ class HubServer:
         hub = self.settings.hub
         config = uvicorn.Config(
             self.app,
-            ws=_WS_IMPL,
+            # uvicorn's sans-I/O protocol over websockets (no task per connection for the
+            # protocol), lightened for idle connections.
+            ws=HubWebSocketProtocol,
             ws_max_size=hub.limits.max_frame_bytes,
             # Compression would run once per recipient of a fan-out and cost each idle
             # connection a zlib context; realtime frames are small.

@@ -1,0 +1,85 @@
+"""The hub's lighter WebSocket protocol: its inbox and write gate keep asyncio's contract
+where uvicorn relies on it, and the real server uses the protocol end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import pytest
+
+from agent.hub.wsprotocol import Gate, HubWebSocketProtocol, Inbox
+from tests.hub.conftest import Hub, join, recv_until, send
+
+
+async def test_inbox_gives_items_in_order_across_waits() -> None:
+    inbox: Inbox[int] = Inbox()
+    assert inbox.empty()
+    reader = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)  # the reader waits
+    assert not reader.done()
+    for item in (1, 2, 3):
+        inbox.put_nowait(item)
+    assert await reader == 1
+    assert inbox.qsize() == 2
+    assert [await inbox.get(), await inbox.get()] == [2, 3]
+    assert inbox.empty()
+    assert inbox.qsize() == 0
+
+
+async def test_inbox_survives_a_cancelled_reader_and_refuses_a_second_one() -> None:
+    inbox: Inbox[str] = Inbox()
+    first = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="already has a waiting reader"):
+        await inbox.get()
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    # An item put after the cancellation is not lost: the next reader gets it.
+    inbox.put_nowait("after")
+    assert await asyncio.wait_for(inbox.get(), 5) == "after"
+
+
+async def test_an_open_gate_is_passed_without_suspending() -> None:
+    gate = Gate()
+    gate.set()
+    assert gate.is_set()
+    coro = _through(gate)
+    # One step runs it to the end: nothing was awaited on the loop.
+    with pytest.raises(StopIteration):
+        coro.send(None)
+
+
+async def _through(gate: Gate) -> None:
+    await gate.wait()
+
+
+async def test_a_closed_gate_holds_writers_until_it_opens() -> None:
+    gate = Gate()
+    gate.set()
+    gate.clear()
+    writers = [asyncio.create_task(gate.wait()) for _ in range(3)]  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in writers)
+    writers[0].cancel()  # a cancelled writer leaves no waiter behind
+    await asyncio.wait([writers[0]])
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(*writers[1:]), 5)
+    assert gate._waiters is None
+
+
+async def test_the_hub_serves_its_connections_with_the_light_protocol(hub: Hub) -> None:
+    alice, bob = hub.user("alice"), hub.user("bob")
+    a, b = await hub.connect(alice), await hub.connect(bob)
+    await join(a, "home", alice)
+    await join(b, "home", bob)
+    await send(a, {"action": "broadcast", "rid": "home", "content": "hi"})
+    assert (await recv_until(b, "#message"))["#message"] == "hi"
+    protocols = [p for p in gc.get_objects() if isinstance(p, HubWebSocketProtocol)]
+    assert len(protocols) == 2, "the hub did not use HubWebSocketProtocol"
+    for protocol in protocols:
+        assert isinstance(protocol.queue, Inbox)
+        # The upgrade's headers are not kept for the connection's life.
+        assert "request" not in vars(protocol)
+        assert "response" not in vars(protocol)
