@@ -210,10 +210,11 @@ def check_asgi_send_hook() -> None:
 
 
 def check_ws_protocol_hooks() -> None:
-    """agent.hub.wsprotocol subclasses uvicorn's sans-I/O WebSocket protocol and replaces
+    """agent.hub.wsprotocol subclasses uvicorn's sans-I/O WebSocket protocol: it replaces
     its ``queue`` (used through ``put_nowait``, ``get`` and ``empty``) and ``writable``
-    (``set``, ``clear``, ``wait``) and drops ``request`` and ``response`` once
-    ``start_keepalive`` runs after the handshake."""
+    (``set``, ``clear``, ``wait``), drops ``request`` and ``response`` once
+    ``start_keepalive`` runs after the handshake, adds to the ``scope`` made in
+    ``handle_connect``, and writes frames as ``send`` does, after its state checks."""
     user = "agent.hub.wsprotocol"
     try:
         module = importlib.import_module("uvicorn.protocols.websockets.websockets_sansio_impl")
@@ -227,6 +228,11 @@ def check_ws_protocol_hooks() -> None:
     _sets("uvicorn", protocol, "request", method="handle_connect", user=user)
     _sets("uvicorn", protocol, "response", method="handle_connect", user=user)
     _sets("uvicorn", protocol, "start_keepalive", method="send", user=user)
+    # write_text: the state send() checks before writing, and the websockets connection.
+    for attribute in ("conn", "transport", "disconnected", "close_sent", "handshake_complete"):
+        _sets("uvicorn", protocol, attribute, user=user)
+    _sets("uvicorn", protocol, "initial_response", user=user)
+    _sets("uvicorn", protocol, "scope", method="handle_connect", user=user)
     # Everything the protocol asks of the queue and the event, and nothing more.
     _uses("uvicorn", protocol, "receive", ("queue", "get", "empty"), user=user)
     _uses(

@@ -1,8 +1,9 @@
 """One accepted WebSocket connection: its outbound path, limits and closing.
 
 Fan-out never awaits a recipient: :meth:`Connection.deliver` writes an already-encoded
-frame straight to the connection's transport while it accepts data, and only when the
-transport is paused (the peer reads slower than frames arrive) queues it for a drainer
+frame straight to the connection's transport while it accepts data (through the server's
+:data:`WRITE_TEXT_EXTENSION` when it offers one, else by stepping the ASGI ``send``), and
+only when the transport is paused (the peer reads slower than frames arrive) queues it for a drainer
 task. A reader that does not keep up only grows its own queue; past ``max_outbound_bytes``
 that connection alone is closed (4409) and everyone else carries on.
 
@@ -26,11 +27,16 @@ from agent.hub.limits import CloseCode, ErrorWindow, LimitSettings, TokenBucket
 from agent.hub.metrics import HubMetrics
 from agent.protocol import FrameKind, HubFrame, encode_hub_frame
 
-__all__ = ["ASGISend", "ConnState", "Connection"]
+__all__ = ["WRITE_TEXT_EXTENSION", "ASGISend", "ConnState", "Connection", "WriteText"]
 
 log = logging.getLogger(__name__)
 
 ASGISend = Callable[[MutableMapping[str, Any]], Coroutine[Any, Any, None]]
+# Writes one text frame now if the transport takes it; False: use the ASGI send instead.
+WriteText = Callable[[bytes], bool]
+# The ASGI scope extension (``scope["extensions"][name]["write_text"]``) of a server that
+# can write a frame without an ASGI send: agent.hub.wsprotocol.HubWebSocketProtocol.
+WRITE_TEXT_EXTENSION: Final = "edge-agent.websocket.write_text"
 # How long a close frame may wait for a peer that has stopped reading before giving up.
 _CLOSE_WAIT_SECONDS: Final = 10.0
 
@@ -61,6 +67,7 @@ class Connection:
         "_queued",
         "_rate",
         "_send",
+        "_write_text",
         "close_code",
         "close_reason",
         "groups",
@@ -77,6 +84,7 @@ class Connection:
         *,
         limits: LimitSettings,
         metrics: HubMetrics,
+        write_text: WriteText | None = None,
     ) -> None:
         self.member = member
         self.state = ConnState.OPEN
@@ -87,6 +95,7 @@ class Connection:
         self.close_reason = ""
         self.reader: asyncio.Task[Any] | None = None
         self._send = send
+        self._write_text = write_text
         self._metrics = metrics
         self._loop = asyncio.get_running_loop()
         self.last_seen = self._loop.time()
@@ -130,6 +139,9 @@ class Connection:
         self._queue.append(text)
 
     def _write_now(self, text: str) -> None:
+        write_text = self._write_text
+        if write_text is not None and write_text(text.encode()):
+            return
         # Run the ASGI send by hand up to its first suspension. While the transport accepts
         # data, uvicorn's send never suspends, so the frame is written with no task switch
         # (what asyncio's eager tasks do from Python 3.12). If it suspends, the transport

@@ -46,7 +46,7 @@ from agent.errors import AuthError, Codes, Texts
 from agent.hub.access import Access, AccessTable
 from agent.hub.accounts import AccountStore
 from agent.hub.backplane import Backplane, Member
-from agent.hub.connection import ASGISend, Connection, ConnState
+from agent.hub.connection import WRITE_TEXT_EXTENSION, ASGISend, Connection, ConnState
 from agent.hub.limits import CloseCode, LimitSettings
 from agent.hub.metrics import HubMetrics
 from agent.hub.tokens import TokenIssuer
@@ -148,7 +148,14 @@ class RealtimeEndpoint:
     async def _open(self, scope: MutableMapping[str, Any], send: ASGISend) -> Connection:
         account = await self._authenticate(scope)
         member = Member(account.user_id, secrets.token_urlsafe(_SCID_BYTES), account.name)
-        conn = Connection(member, send, limits=self._limits, metrics=self._metrics)
+        extension = scope.get("extensions", {}).get(WRITE_TEXT_EXTENSION) or {}
+        conn = Connection(
+            member,
+            send,
+            limits=self._limits,
+            metrics=self._metrics,
+            write_text=extension.get("write_text"),
+        )
         cap = self._limits.max_connections_per_user
         if not await self._backplane.attach(member, conn, max_per_user=cap):
             raise _Refusal(

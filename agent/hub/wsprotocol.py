@@ -13,7 +13,11 @@ only that:
 - :class:`Gate`: the transport's "writable" flag; ``wait()`` on an open gate returns an
   already-finished awaitable (no coroutine, the common case of every fan-out write), and
   waiters exist only while the transport is paused;
-- the handshake's request and response are dropped once the response is written.
+- the handshake's request and response are dropped once the response is written;
+- :meth:`HubWebSocketProtocol.write_text`, offered to the application as the ASGI
+  extension :data:`agent.hub.connection.WRITE_TEXT_EXTENSION`: a fan-out writes each
+  recipient's frame with one call while the transport accepts data, instead of an ASGI
+  ``send`` (a message dict, a coroutine and its checks) per recipient.
 
 Everything else (framing, keepalive pings, closing, ASGI messages) is uvicorn's. The
 attributes replaced are internals of uvicorn's class, so
@@ -28,8 +32,11 @@ from collections.abc import Awaitable, Iterator
 from typing import Any, Final, Generic, TypeVar, cast
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
+from websockets.http11 import Request
 
 from agent.compat import check_ws_protocol_hooks
+from agent.hub.connection import WRITE_TEXT_EXTENSION
 
 __all__ = ["Gate", "HubWebSocketProtocol", "Inbox"]
 
@@ -156,6 +163,36 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         gate = Gate()
         gate.set()
         self.writable = gate  # type: ignore[assignment]
+
+    def handle_connect(self, event: Request) -> None:
+        """Answer the upgrade as uvicorn does, and offer :meth:`write_text` to the app."""
+        super().handle_connect(event)
+        scope = self.__dict__.get("scope")  # only set when the upgrade goes ahead
+        if scope is not None:
+            scope["extensions"][WRITE_TEXT_EXTENSION] = {"write_text": self.write_text}
+
+    def write_text(self, data: bytes) -> bool:
+        """Write a text frame (UTF-8 ``data``) at once if the connection takes it now.
+
+        ``True`` when written. ``False`` when it must go through the ASGI ``send`` instead,
+        which waits or fails as uvicorn decides: the transport is paused (its buffer is
+        over the high-water mark), the handshake is not complete, a close was sent or
+        received, or the peer is gone.
+        """
+        if (
+            not self.writable.is_set()
+            or self.disconnected
+            or self.close_sent
+            or not self.handshake_complete
+            or self.initial_response is not None
+        ):
+            return False
+        try:
+            self.conn.send_text(data)
+        except InvalidState:  # closing: uvicorn's send raises ClientDisconnected for it
+            return False
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
 
     def start_keepalive(self) -> None:
         """Called once the handshake response is written: drop the request and response."""

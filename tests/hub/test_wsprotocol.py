@@ -83,3 +83,25 @@ async def test_the_hub_serves_its_connections_with_the_light_protocol(hub: Hub) 
         # The upgrade's headers are not kept for the connection's life.
         assert "request" not in vars(protocol)
         assert "response" not in vars(protocol)
+
+
+async def test_a_paused_transport_gets_its_frames_in_order_once_it_resumes(hub: Hub) -> None:
+    alice, bob = hub.user("alice"), hub.user("bob")
+    a, b = await hub.connect(alice), await hub.connect(bob)
+    await join(a, "home", alice)
+    await join(b, "home", bob)
+    await recv_until(a, "#notice", **{"#user_id": bob.user_id})
+    (bobs,) = [
+        p
+        for p in gc.get_objects()
+        if isinstance(p, HubWebSocketProtocol) and bob.token.encode() in p.scope["query_string"]
+    ]
+    bobs.pause_writing()  # what the transport calls when its buffer passes the high-water mark
+    assert bobs.write_text(b'"held"') is False
+    for n in (1, 2, 3):
+        await send(a, {"action": "broadcast", "rid": "home", "content": n})
+    for n in (1, 2, 3):  # the sender's own copies: the fan-out has run
+        assert (await recv_until(a, "#message"))["#message"] == n
+    bobs.resume_writing()
+    assert [(await recv_until(b, "#message"))["#message"] for _ in range(3)] == [1, 2, 3]
+    assert bobs.write_text(b'"direct"') is True
