@@ -26,7 +26,6 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol, TypeAlias, TypeVar
 
 from agent.errors import EdgeAgentError
@@ -39,7 +38,6 @@ __all__ = [
     "Member",
     "MemoryBackplane",
     "Sink",
-    "backplane_for",
 ]
 
 V = TypeVar("V")
@@ -293,17 +291,6 @@ class MemoryBackplane(Backplane):
     def _drop_membership(self, scid: str, group: str) -> None:
         _discard(self._groups, group, scid)
         self.local.remove_from_group(scid, group)
-
-
-def backplane_for(setting: str, *, password_file: Path | None = None) -> Backplane:
-    """The backplane ``[hub] backplane`` names: ``"memory"``, or a ``redis[s]://`` URL."""
-    if setting == "memory":
-        return MemoryBackplane()
-    # Imported here: a single hub never loads the Redis client.
-    from agent.hub.backplane_redis import RedisBackplane, read_password_file
-
-    password = read_password_file(password_file) if password_file is not None else None
-    return RedisBackplane(setting, password=password)
 
 
 def _deliver(sinks: dict[str, Sink] | None, text: str, exclude: str | None) -> int:

@@ -24,7 +24,7 @@ signatures at definition time, and they name the injected dependency, a local va
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Protocol
+from typing import Annotated, Any, Final, Literal, Protocol
 
 from fastapi import Depends, FastAPI, Query
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,9 +34,6 @@ from agent.hub.access import Access
 from agent.hub.accounts import Account, AccountStore, Role
 from agent.hub.backplane import Backplane, Member
 from agent.protocol import CID_PREFIX
-
-if TYPE_CHECKING:
-    from agent.hub.turn import IceServerSource
 
 
 class DeviceServices(Protocol):
@@ -51,8 +48,21 @@ class DeviceServices(Protocol):
         """Names and roles of the connected accounts."""
 
     @property
-    def ice(self) -> "IceServerSource | None":
+    def ice(self) -> "IceServerOffer | None":
         """Where the viewer gets ICE servers, if the hub mints TURN credentials."""
+
+
+class IceServerOffer(Protocol):
+    """What the viewer's configuration says of the hub's ICE servers
+    (:class:`agent.hub.turn.IceServerSource`)."""
+
+    @property
+    def path(self) -> str:
+        """The route that answers the caller's ICE servers."""
+
+    @property
+    def policy(self) -> Literal["all", "relay"]:
+        """The ICE transport policy callers should use."""
 
 
 __all__ = [

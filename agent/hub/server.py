@@ -29,7 +29,7 @@ from agent.compat import check_server_hooks
 from agent.errors import ConfigError, EdgeAgentError
 from agent.hub.access import AccessTable, accounts_share_a_group
 from agent.hub.app import STATIC_DIR, HubApplication, HubServices
-from agent.hub.backplane import Backplane, backplane_for
+from agent.hub.backplane import Backplane, MemoryBackplane
 from agent.hub.devices_api import IceServerItem
 from agent.hub.events_api import EventsService
 from agent.hub.history import DatabaseEventStore
@@ -49,7 +49,7 @@ from agent.statedir import resolve_state_dir
 if TYPE_CHECKING:
     from agent.config import Settings
 
-__all__ = ["HubAddressError", "HubServer", "run_hub"]
+__all__ = ["HubAddressError", "HubServer", "backplane_for", "run_hub"]
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +283,17 @@ class HubServer:
                 f"cannot load the TLS certificate or key: {exc}", key="hub.tls_cert"
             ) from exc
         return config
+
+
+def backplane_for(setting: str, *, password_file: Path | None = None) -> Backplane:
+    """The backplane ``[hub] backplane`` names: ``"memory"``, or a ``redis[s]://`` URL."""
+    if setting == "memory":
+        return MemoryBackplane()
+    # Imported here: a single hub never loads the Redis client.
+    from agent.hub.backplane_redis import RedisBackplane, read_password_file
+
+    password = read_password_file(password_file) if password_file is not None else None
+    return RedisBackplane(setting, password=password)
 
 
 def run_hub(settings: Settings) -> int:

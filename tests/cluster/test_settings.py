@@ -9,8 +9,9 @@ import pytest
 
 from agent.config import load_settings
 from agent.errors import ConfigError
-from agent.hub.backplane import BackplaneError, backplane_for
+from agent.hub.backplane import BackplaneError
 from agent.hub.backplane_redis import RedisBackplane, read_password_file
+from agent.hub.server import backplane_for
 
 from .redis_server import RedisServer
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.hub.backplane import LocalDelivery, Member, MemoryBackplane, backplane_for
+from agent.hub.backplane import LocalDelivery, Member, MemoryBackplane
 from agent.hub.backplane_redis.naming import Names, Route, RouteKind, payload, split_payload
+from agent.hub.server import backplane_for
 
 UID_A = "0b6e4c9a-2f55-4c1e-9d7e-3a1b2c3d4e5f"
 UID_B = "1c7f5dab-3066-4d2f-8e8f-4b2c3d4e5f60"
