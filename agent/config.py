@@ -14,9 +14,10 @@ value came from; ``Settings(...)`` built directly takes its arguments only.
 Each component owns its tables and this module only composes them: ``[hub]`` in
 :mod:`agent.hub.settings`, ``[calls]`` in :mod:`agent.rtc.settings`, ``[video]`` and
 ``[audio]`` in :mod:`agent.media.settings`, ``[push]``, ``[sensors]``/``[[serial]]`` and
-``[[events]]`` in their packages' ``settings`` modules. None of them imports this one;
-the field types they share are in :mod:`agent.setting_types`. Defined here: the top-level
-keys, ``[connect]`` and ``[metrics]``.
+``[[events]]`` in their packages' ``settings`` modules,
+``[connect]`` in :mod:`agent.client.settings` and ``[metrics]`` in :mod:`agent.metrics`.
+None of them imports this one; the field types they share are in :mod:`agent.setting_types`.
+Defined here: the top-level keys (``name``, ``groups``, ``state_dir``, ``log_level``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from typing import Annotated, Any, Final
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     Field,
     SecretBytes,
     SecretStr,
@@ -54,6 +54,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from agent.client.settings import ConnectSettings
 from agent.durations import parse_duration
 from agent.errors import ConfigError
 from agent.events.settings import EventRule, check_rules
@@ -67,16 +68,13 @@ from agent.hub.settings import (
 )
 from agent.logs import MASK, redact_url
 from agent.media.settings import AudioSettings, VideoSettings
+from agent.metrics import MetricsSettings
 from agent.protocol import Limits, is_user_id
 from agent.push.settings import PushSettings
 from agent.rtc.settings import CallsSettings
 from agent.sensors.settings import SensorsSettings, SerialPortSettings, check_port_names
 from agent.setting_types import (
-    WS_SCHEMES,
     OptionalUserPath,
-    Section,
-    blank_is_none,
-    check_url,
 )
 
 __all__ = [
@@ -89,6 +87,7 @@ __all__ = [
     "HubLimits",
     "HubLoginSettings",
     "HubSettings",
+    "MetricsSettings",
     "Settings",
     "TurnSettings",
     "check_settings_file",
@@ -106,49 +105,6 @@ _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _MAX_SHOWN_INPUT: Final = 80
 # The wire protocol refuses longer group names; refuse them here, where the typo is.
 _MAX_GROUP_CHARS: Final = Limits().max_group_chars
-
-
-class ConnectSettings(Section):
-    """The hub this agent connects to ([connect]); no ``url`` runs an embedded hub.
-
-    ``url`` is one hub URL or a list of the URLs of several hub nodes (from the environment:
-    the URLs separated by commas or spaces); the agent moves to the next when one fails.
-    """
-
-    url: Annotated[str | list[str] | None, BeforeValidator(blank_is_none)] = None
-    token: SecretStr | None = None
-    token_file: OptionalUserPath = None
-
-    @field_validator("url", mode="before")
-    @classmethod
-    def _split_urls(cls, value: object) -> object:
-        if isinstance(value, str) and len(found := value.replace(",", " ").split()) > 1:
-            return found
-        return value
-
-    @field_validator("url")
-    @classmethod
-    def _ws_url(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("give at least one hub URL (or none to run an embedded hub)")
-            return [check_url(url, WS_SCHEMES) for url in value]
-        return None if value is None else check_url(value, WS_SCHEMES)
-
-    @property
-    def urls(self) -> list[str]:
-        """The hub URLs in the order to try them (empty: run an embedded hub)."""
-        if self.url is None:
-            return []
-        return [self.url] if isinstance(self.url, str) else list(self.url)
-
-
-class MetricsSettings(Section):
-    """The agent's Prometheus endpoint ([metrics]): local by default."""
-
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = Field(default=9464, ge=0, le=65535)
 
 
 class Settings(BaseSettings):

@@ -7,6 +7,14 @@ stays a few lines of asyncio instead of a web framework in the agent. Requests a
 :func:`process_metrics` adds the process's resident memory under the name Prometheus'
 own client libraries give it (``process_resident_memory_bytes``), so the usual dashboards
 read it; :func:`memory_line` says the same in ``edge-agent status``.
+
+:class:`MetricsSettings` is the ``[metrics]`` table; ``agent.config`` composes it, so this
+module stays light to import (no I/O at import, nothing beyond asyncio and pydantic)::
+
+    [metrics]
+    enabled = true
+    host = "127.0.0.1"    # local by default: a scrape reveals what the device is doing
+    port = 9464
 """
 
 from __future__ import annotations
@@ -18,15 +26,32 @@ import os
 from collections.abc import Callable
 from typing import Final
 
-from agent.exposition import CONTENT_TYPE, Exposition
+from pydantic import Field
 
-__all__ = ["MetricsServer", "memory_line", "process_metrics", "resident_memory_bytes"]
+from agent.exposition import CONTENT_TYPE, Exposition
+from agent.setting_types import Section
+
+__all__ = [
+    "MetricsServer",
+    "MetricsSettings",
+    "memory_line",
+    "process_metrics",
+    "resident_memory_bytes",
+]
 
 log = logging.getLogger(__name__)
 
 _MAX_HEAD_BYTES: Final = 8 * 1024
 _READ_TIMEOUT: Final = 5.0
 _REASONS: Final = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+
+
+class MetricsSettings(Section):
+    """The agent's Prometheus endpoint ([metrics]): local by default."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
 
 
 class MetricsServer:

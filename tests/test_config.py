@@ -587,15 +587,20 @@ def test_v4l2_pattern_and_sinks_map_too() -> None:
 
 
 def test_components_own_their_settings_and_reading_them_loads_no_heavy_stack() -> None:
-    # [video]/[audio] belong to agent.media and [hub] to agent.hub; agent.config composes
-    # them. Reading settings and mapping them onto the media engine's records must load
-    # neither aiortc, PyAV nor the web server (a fresh process: this one has them loaded).
+    # [video]/[audio] belong to agent.media, [hub] to agent.hub, [connect] to the client and
+    # [metrics] to agent.metrics; agent.config composes them. Reading settings and mapping
+    # them onto the media engine's records must load neither aiortc, PyAV, the web server
+    # nor the client's network stack (a fresh process: this one has them loaded).
+    from agent import metrics
+    from agent.client import settings as client_settings
     from agent.hub import settings as hub_settings
     from agent.media import settings as media_settings
 
     assert Settings.model_fields["video"].annotation is media_settings.VideoSettings
     assert Settings.model_fields["audio"].annotation is media_settings.AudioSettings
     assert Settings.model_fields["hub"].annotation is hub_settings.HubSettings
+    assert Settings.model_fields["connect"].annotation is client_settings.ConnectSettings
+    assert Settings.model_fields["metrics"].annotation is metrics.MetricsSettings
     probe = (
         "import sys\n"
         "from agent.config import Settings\n"
@@ -603,7 +608,7 @@ def test_components_own_their_settings_and_reading_them_loads_no_heavy_stack() -
         "s = Settings()\n"
         "assert isinstance(media_config(s.video, s.audio), MediaConfig), 'not a MediaConfig'\n"
         "sink_config(s.audio)\n"
-        "heavy = ('aiortc', 'av', 'aioice', 'fastapi', 'uvicorn')\n"
+        "heavy = ('aiortc', 'av', 'aioice', 'fastapi', 'uvicorn', 'websockets', 'aiohttp')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     done = subprocess.run(

@@ -167,7 +167,7 @@ async def test_an_idle_agent_has_no_media_stack_and_its_first_call_loads_it(
 
 async def test_importing_the_agent_loads_neither_aiortc_nor_av() -> None:
     probe = (
-        "import sys, agent.client, agent.daemon, agent.sensing, agent.rtc.standby; "
+        "import sys, agent.client.realtime, agent.daemon, agent.sensing, agent.rtc.standby; "
         "print(sorted(m for m in ('aiortc', 'av', 'aioice') if m in sys.modules))"
     )
     proc = await asyncio.create_subprocess_exec(

@@ -47,26 +47,36 @@ connection means), :mod:`agent.client.addresses` (hub URLs), :mod:`agent.client.
 (callback and streams), :mod:`agent.client.checks` (arguments refused before sending),
 :mod:`agent.client.token` (the token's user id); HTTP calls go
 through :mod:`agent.hub_http`, push calls through :mod:`agent.push.client_methods`, and
-calls through :mod:`agent.rtc.client_calls`.
+calls through :mod:`agent.rtc.client_calls`. The ``[connect]`` settings are
+:mod:`agent.client.settings`.
+
+Names are imported on first use: loading the settings model (as ``agent.config`` does)
+does not load ``websockets``, aiohttp or the client.
 """
 
 from __future__ import annotations
 
-from agent.client.delivery import Callback
-from agent.client.link import ConnectionState
-from agent.client.realtime import RealtimeClient
-from agent.messages import (
-    DROPPED_CODE,
-    MessageStream,
-    MessageType,
-    RealtimeMessage,
-    message_from_frame,
-)
-from agent.rtc.client_calls import RtcHandler
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.client.delivery import Callback
+    from agent.client.link import ConnectionState
+    from agent.client.realtime import RealtimeClient
+    from agent.client.settings import ConnectSettings
+    from agent.messages import (
+        DROPPED_CODE,
+        MessageStream,
+        MessageType,
+        RealtimeMessage,
+        message_from_frame,
+    )
+    from agent.rtc.client_calls import RtcHandler
 
 __all__ = [
     "DROPPED_CODE",
     "Callback",
+    "ConnectSettings",
     "ConnectionState",
     "MessageStream",
     "MessageType",
@@ -75,3 +85,23 @@ __all__ = [
     "RtcHandler",
     "message_from_frame",
 ]
+
+_HOMES = {
+    "DROPPED_CODE": "agent.messages",
+    "Callback": "agent.client.delivery",
+    "ConnectSettings": "agent.client.settings",
+    "ConnectionState": "agent.client.link",
+    "MessageStream": "agent.messages",
+    "MessageType": "agent.messages",
+    "RealtimeClient": "agent.client.realtime",
+    "RealtimeMessage": "agent.messages",
+    "RtcHandler": "agent.rtc.client_calls",
+    "message_from_frame": "agent.messages",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(home), name)
