@@ -67,9 +67,9 @@ SUBSCRIBED_TEXT: Final = "SUCCESS: Subscribed to receive notifications."
 UNSUBSCRIBED_TEXT: Final = "SUCCESS: Unsubscribed from notifications."
 SENT_TEXT: Final = "SUCCESS: Notification sent."
 _TAGS: Final[list[str | Any]] = ["push"]
-_URI: Final[dict[str, JsonValue]] = {
-    "format": "uri"
-}  # JSON Schema's format for a URL that a str field holds
+# JSON Schema's format of a URL held in a str field: the endpoint is stored exactly as the
+# browser gave it, which pydantic's URL types would normalise.
+_URI: Final[dict[str, JsonValue]] = {"format": "uri"}
 # The statuses the app answers these codes with (agent/hub/app.py), for one batch item.
 _STATUS_OF_CODE: Final = {
     Codes.INVALID_PARAMETER: 400,
