@@ -14,16 +14,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from agent.events.actions import ActionHandlers, Alert, Event
     from agent.events.control import ControlServer, control_socket_path, send_trigger
-    from agent.events.engine import (
-        ActionHandlers,
-        Alert,
-        Clock,
-        Event,
-        EventEngine,
-        FireOutcome,
-        SystemClock,
-    )
+    from agent.events.engine import Clock, EventEngine, FireOutcome, SystemClock
     from agent.events.errors import ControlError, EventError, UnknownRuleError
     from agent.events.motion import MotionAnalyzer, motion_score
     from agent.events.settings import DeviceKind, EventRule, TriggerKind, check_rules
@@ -51,13 +44,13 @@ __all__ = [
 ]
 
 _HOMES = {
-    "ActionHandlers": "agent.events.engine",
-    "Alert": "agent.events.engine",
+    "ActionHandlers": "agent.events.actions",
+    "Alert": "agent.events.actions",
     "Clock": "agent.events.engine",
     "ControlError": "agent.events.errors",
     "ControlServer": "agent.events.control",
     "DeviceKind": "agent.events.settings",
-    "Event": "agent.events.engine",
+    "Event": "agent.events.actions",
     "EventEngine": "agent.events.engine",
     "EventError": "agent.events.errors",
     "EventRule": "agent.events.settings",

@@ -10,16 +10,15 @@ Inputs are plain synchronous calls that never raise, so any part of the agent ca
 * ``trigger(name)``: manual rules, e.g. from the control socket (``control_handlers()``).
 
 A hit becomes an event when the rule's conditions hold and its cooldown has passed; the
-rule's actions then run as a task, each failure logged on its own. Actions are injected
-callables (``ActionHandlers``): the durable alert outbox and post queue plug in there.
+rule's actions then run as a task (:class:`agent.events.actions.ActionRun`), each failure
+logged on its own. Actions are injected callables (``ActionHandlers``): the durable alert
+outbox and post queue plug in there. "Fired" means durable: :meth:`EventEngine.fire` (what
+``edge-agent trigger`` waits for) returns only once the event's posts and alerts are
+committed; :mod:`agent.events.actions` says in which order around a snapshot.
 
-"Fired" means durable: the event's posts and alerts are committed first, side by side,
-and :meth:`EventEngine.fire` (what ``edge-agent trigger`` waits for) returns only once they
-are. A snapshot is slow (a camera to open, an upload), so with handlers that can hold
-(``ActionHandlers.holds``) the posts and alerts are committed held, the picture is taken
-after, and its link is filled in when they are released (within ``HOLD_SECONDS``; without
-a picture they go as they are). With plain handlers the snapshot is taken first and the
-link goes into what is committed after it. The call action runs last.
+This module keeps the inputs, the decision (enabled, conditions, cooldown), the counters
+and the lifecycle; ``Event``, ``Alert`` and ``ActionHandlers`` are re-exported from
+:mod:`agent.events.actions`.
 """
 
 from __future__ import annotations
@@ -31,33 +30,35 @@ import datetime
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, Protocol, Self, TypeVar
+from typing import Any, Final, Protocol, Self
 
 from agent.errors import ConfigError
+from agent.events.actions import (
+    ActionHandlers,
+    ActionRun,
+    Alert,
+    Event,
+    check_handlers,
+)
 from agent.events.conditions import conditions_hold
 from agent.events.errors import UnknownRuleError
 from agent.events.gpio import GpioButtons
 from agent.events.motion import MotionAnalyzer
 from agent.events.settings import (
     ButtonTrigger,
-    CallAction,
     DeviceKind,
     DeviceTrigger,
     EventRule,
     LineTrigger,
     ManualTrigger,
     MotionTrigger,
-    PostAction,
-    PushAction,
     Region,
     ThresholdTrigger,
-    TriggerKind,
     check_rules,
 )
-from agent.events.templates import render
 from agent.events.triggers import (
     DeviceMatcher,
     Hit,
@@ -70,7 +71,6 @@ from agent.sensors.framing import Reading
 from agent.sensors.settings import SerialPortSettings
 
 __all__ = [
-    "HOLD_SECONDS",
     "ActionHandlers",
     "Alert",
     "Clock",
@@ -84,14 +84,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
-
-# One action that hangs (a hub that accepts and never answers) must not pile up tasks.
-ACTION_TIMEOUT: Final = 30.0
 # On shutdown, running actions get this long to finish before they are cancelled.
 DRAIN_TIMEOUT: Final = 5.0
-# Posts and alerts held for a snapshot wait this long for its link at most.
-HOLD_SECONDS: Final = 10.0
 
 
 class Clock(Protocol):
@@ -127,95 +121,6 @@ class FireOutcome(enum.StrEnum):
     DISABLED = "disabled"  # the rule has enabled = false
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """An event that fired: what groups receive, and what alerts are built from."""
-
-    name: str
-    device: str
-    time: float
-    trigger: TriggerKind
-    details: Mapping[str, Any]
-    readings: Mapping[str, Mapping[str, Any]]
-    snapshot: str | None = None
-    call: bool = False
-    at: str = ""  # when it happened, ISO 8601 with the local offset (for people to read)
-
-    def as_json(self) -> dict[str, Any]:
-        """The event as posted to groups."""
-        return {
-            "type": "event",
-            "name": self.name,
-            "device": self.device,
-            "time": self.time,
-            "at": self.at,
-            "trigger": self.trigger.value,
-            "details": dict(self.details),
-            "readings": {port: dict(reading) for port, reading in self.readings.items()},
-            "snapshot": self.snapshot,
-            "call": self.call,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Alert:
-    """A push alert: a small ``payload`` for the phone, delivery options for the sender."""
-
-    event: str
-    device: str
-    time: float
-    title: str
-    body: str
-    users: tuple[str, ...]
-    roles: tuple[str, ...]
-    urgency: str
-    ttl_seconds: int
-    topic: str | None = None
-    snapshot: str | None = None
-    call: bool = False
-
-    def payload(self) -> dict[str, Any]:
-        """What the phone receives (RFC 8291 caps a push message near 4 KB: keep it small)."""
-        return {
-            "title": self.title,
-            "body": self.body,
-            "device": self.device,
-            "event": self.event,
-            "time": self.time,
-            "snapshot": self.snapshot,
-            "call": self.call,
-        }
-
-    def as_json(self) -> dict[str, Any]:
-        """Everything, for a durable outbox to store and send later."""
-        return dataclasses.asdict(self) | {"users": list(self.users), "roles": list(self.roles)}
-
-
-class Held(Protocol):
-    """A post or alert committed held, waiting for the snapshot's link."""
-
-    async def release(self, changes: Mapping[str, Any]) -> None:
-        """Apply ``changes`` (``{"snapshot": link}``) and let it be sent."""
-        ...
-
-
-# post(group, event JSON) and push(alert) commit; with ``holds`` they also take
-# ``hold_seconds=`` and then return a ``Held``.
-PostFn = Callable[..., Awaitable[Any]]
-PushFn = Callable[..., Awaitable[Any]]
-
-
-@dataclass(frozen=True)
-class ActionHandlers:
-    """The callables actions use; a rule whose action has no handler is refused at load."""
-
-    post: PostFn | None = None  # post(group, event JSON): commit a group post
-    push: PushFn | None = None  # push(alert): commit an alert to the outbox
-    snapshot: Callable[[Event], Awaitable[str | None]] | None = None  # -> link to the image
-    call: Callable[[Event], Awaitable[None]] | None = None  # get ready to be called
-    holds: bool = False  # post and push take hold_seconds= and return a Held
-
-
 @dataclass
 class RuleCounters:
     """What one rule has done since start."""
@@ -230,6 +135,10 @@ class RuleCounters:
         """Count one outcome."""
         name = outcome.value
         setattr(self, name, getattr(self, name) + 1)
+
+    def count_failure(self) -> None:
+        """Count one action that failed."""
+        self.action_errors += 1
 
 
 @dataclass
@@ -257,7 +166,7 @@ class EventEngine:
             check_rules(rules, serial)
         except ValueError as exc:
             raise ConfigError(str(exc), key="events") from None
-        _check_handlers(rules, actions, groups)
+        check_handlers(rules, actions, groups)
         self.device = device
         self._actions = actions
         self._groups = tuple(groups)
@@ -439,7 +348,10 @@ class EventEngine:
         event, values = self._event(compiled.rule, hit)
         log.info("event %r fired (%s)", event.name, event.trigger.value)
         committed: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
-        self._spawn(self._run_actions(compiled, event, values, committed), event.name)
+        run = ActionRun(
+            self._actions, compiled.rule, self._groups, values, compiled.counters.count_failure
+        )
+        self._spawn(run(event, committed), event.name)
         return outcome, committed
 
     def _decide(self, compiled: _Rule) -> FireOutcome:
@@ -482,115 +394,6 @@ class EventEngine:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_actions(
-        self,
-        compiled: _Rule,
-        event: Event,
-        values: dict[str, Any],
-        committed: asyncio.Future[list[str]],
-    ) -> None:
-        rule, handlers = compiled.rule, self._actions
-        call = next((a for a in rule.actions if isinstance(a, CallAction)), None)
-        event = dataclasses.replace(event, call=call is not None)
-        take = handlers.snapshot if any(a.type == "snapshot" for a in rule.actions) else None
-        hold = take is not None and handlers.holds
-        try:
-            if take is not None and not hold:
-                link = await self._guarded(compiled, "snapshot", take(event))
-                event = dataclasses.replace(event, snapshot=_value(link))
-            outcomes = await self._commit(compiled, call, event, values, hold=hold)
-        except BaseException:
-            committed.set_result(["posts and alerts"])  # cancelled: nothing was stored
-            raise
-        committed.set_result([label for label, result in outcomes if result is _FAILED])
-        if take is not None and hold:
-            await self._release(compiled, take, event, [r for _l, r in outcomes])
-        if call is not None and handlers.call is not None:
-            await self._guarded(compiled, "call", handlers.call(event))
-
-    async def _commit(
-        self,
-        compiled: _Rule,
-        call: CallAction | None,
-        event: Event,
-        values: dict[str, Any],
-        *,
-        hold: bool,
-    ) -> list[tuple[str, Any]]:
-        """Commit every post and alert of the event side by side; (label, result) each."""
-        extra = {"hold_seconds": HOLD_SECONDS} if hold else {}
-        labels, tasks = [], []
-        async with asyncio.TaskGroup() as group:
-            for label, action in self._durable_calls(compiled.rule, call, event, values, extra):
-                labels.append(label)
-                tasks.append(group.create_task(self._guarded(compiled, label, action)))
-        return [(label, task.result()) for label, task in zip(labels, tasks, strict=True)]
-
-    async def _release(
-        self,
-        compiled: _Rule,
-        take: Callable[[Event], Awaitable[str | None]],
-        event: Event,
-        held: list[Any],
-    ) -> None:
-        """Take the snapshot, then let the held posts and alerts go with its link."""
-        link = None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(HOLD_SECONDS):
-                link = _value(await self._guarded(compiled, "snapshot", take(event)))
-        for item in held:
-            if item is not None and item is not _FAILED:
-                await self._guarded(compiled, "release", item.release({"snapshot": link}))
-
-    def _durable_calls(
-        self,
-        rule: EventRule,
-        call: CallAction | None,
-        event: Event,
-        values: dict[str, Any],
-        extra: dict[str, Any],
-    ) -> list[tuple[str, Awaitable[Any]]]:
-        """(label, awaitable) for every post and push the rule's actions make."""
-        handlers, calls = self._actions, []
-        for action in rule.actions:
-            if isinstance(action, PostAction) and handlers.post is not None:
-                payload = event.as_json()
-                for target in action.groups or self._groups:
-                    calls.append((f"post to {target!r}", handlers.post(target, payload, **extra)))
-            elif isinstance(action, PushAction) and handlers.push is not None:
-                alert = self._alert(action, call, event, values)
-                calls.append(("push", handlers.push(alert, **extra)))
-        return calls
-
-    async def _guarded(self, compiled: _Rule, what: str, action: Awaitable[_T]) -> _T | object:
-        """The action's result, or ``_FAILED`` (logged and counted) when it failed."""
-        try:
-            async with asyncio.timeout(ACTION_TIMEOUT):
-                return await action
-        except Exception:  # each action fails alone; the others still run
-            compiled.counters.action_errors += 1
-            log.exception("event %r: the %s action failed", compiled.rule.name, what)
-            return _FAILED
-
-    def _alert(
-        self, action: PushAction, call: CallAction | None, event: Event, values: dict[str, Any]
-    ) -> Alert:
-        return Alert(
-            event=event.name,
-            device=event.device,
-            time=event.time,
-            title=render(action.title, values),
-            body=render(action.body, values),
-            users=tuple(action.to),
-            roles=tuple(action.roles),
-            # A call waits for nobody: deliver it now (RFC 8030 5.3) or not at all.
-            urgency="high" if call else action.urgency,
-            ttl_seconds=min(action.ttl_seconds, call.ttl_seconds) if call else action.ttl_seconds,
-            topic=action.topic,
-            snapshot=event.snapshot,
-            call=event.call,
-        )
-
     async def _control_trigger(self, request: dict[str, Any]) -> dict[str, Any]:
         name = request.get("name")
         if not isinstance(name, str) or not name:
@@ -607,47 +410,6 @@ class EventEngine:
                 "stored; see the agent's log",
             }
         return {"ok": True, "outcome": outcome.value, "message": _outcome_text(name, outcome)}
-
-
-class _Failed:
-    """The result of an action that failed (``None`` is a valid result)."""
-
-    def __repr__(self) -> str:
-        return "<failed>"
-
-
-_FAILED: Final = _Failed()
-
-
-def _value(result: object) -> Any:
-    return None if result is _FAILED else result
-
-
-def _check_handlers(
-    rules: Sequence[EventRule], actions: ActionHandlers, groups: Sequence[str]
-) -> None:
-    needs = {
-        "post": ("post", "posting to groups (the hub connection)"),
-        "push": ("push", "web push alerts"),
-        "snapshot": ("snapshot", "camera snapshots"),
-        "call": ("call", "calls"),
-    }
-    for index, rule in enumerate(rules):
-        for number, action in enumerate(rule.actions):
-            handler, what = needs[action.type]
-            key = f"events[{index}].actions[{number}]"
-            if getattr(actions, handler) is None:
-                raise ConfigError(
-                    f"rule {rule.name!r} has a {action.type} action, but this agent does not "
-                    f"offer {what}",
-                    key=key,
-                )
-            if isinstance(action, PostAction) and not (action.groups or groups):
-                raise ConfigError(
-                    f"rule {rule.name!r} posts to groups, but neither the action nor the "
-                    "agent names any",
-                    key=key,
-                )
 
 
 def _outcome_text(name: str, outcome: FireOutcome) -> str:

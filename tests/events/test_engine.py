@@ -555,7 +555,7 @@ async def test_without_a_snapshot_nothing_is_held() -> None:
 async def test_a_snapshot_that_never_comes_releases_without_a_link(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("agent.events.engine.HOLD_SECONDS", 0.05)
+    monkeypatch.setattr("agent.events.actions.HOLD_SECONDS", 0.05)
     recorder, clock = HoldingRecorder(), FakeClock()
     engine = engine_for(
         [doorbell({"type": "snapshot"})], recorder, clock, actions=recorder.holding()
