@@ -1,6 +1,6 @@
 """Web push: VAPID keys, subscriptions, sending (hub), and the durable alert outbox (agent).
 
-Hub side: :class:`PushService` (``service.py``) behind the routes of
+Hub side: :class:`PushService` (``service.py``, sending in ``worker.py``) behind the routes of
 ``agent/hub/push_api.py``; pure cores for subscriptions, messages, recipients and answer
 policy. Agent side: :class:`Outbox` (``outbox.py``) and the client's :class:`PushCalls`.
 

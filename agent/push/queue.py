@@ -2,7 +2,7 @@
 
 A send the hub accepts is written here before the hub answers, in the same transaction as
 the alert's id (:meth:`DatabaseDeliveryQueue.accept`), so an acknowledged alert is on disk and
-a resent one is recognised. :class:`agent.push.service.PushService` claims due rows, sends
+a resent one is recognised. :class:`agent.push.worker.DeliveryWorker` claims due rows, sends
 them and records the outcome; rows outlive hub restarts and crashes.
 
 Order: each subscription's deliveries go out one at a time, oldest first. Only the oldest

@@ -121,7 +121,7 @@ async def test_413_is_logged_as_our_bug_and_not_retried(
     admin = hub.user("root", Role.ADMIN)
     await subscribe(hub, service, admin, "small")
     service.answer("small", Answer(413))
-    with caplog.at_level(logging.ERROR, logger="agent.push.service"):
+    with caplog.at_level(logging.ERROR, logger="agent.push.worker"):
         await send(hub, admin, title="big?", body="no")
         await hub.push.drain()
     assert len(service.attempts["small"]) == 1
@@ -138,7 +138,7 @@ async def test_429_waits_as_long_as_retry_after_says(
     admin = hub.user("root", Role.ADMIN)
     await subscribe(hub, service, admin, "busy")
     service.answer("busy", Answer(429, {"Retry-After": "1"}))
-    with caplog.at_level(logging.INFO, logger="agent.push.service"):
+    with caplog.at_level(logging.INFO, logger="agent.push.worker"):
         await send(hub, admin, title="patience", body="")
         [got] = await service.wait_for(1)
     first, second = service.attempts["busy"]

@@ -217,7 +217,7 @@ async def test_retries_carry_the_ttl_that_is_left_and_stop_when_it_runs_out(
     admin = hub.user("root", Role.ADMIN)
     await subscribe(hub, service, admin, "down")
     service.outage_status = 500
-    with caplog.at_level(logging.WARNING, logger="agent.push.service"):
+    with caplog.at_level(logging.WARNING, logger="agent.push.worker"):
         await send(hub, admin, title="brief", body="", ttl=2)
         accepted_by = time.monotonic()  # the TTL counts from before this
         await hub.push.drain()
