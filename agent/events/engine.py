@@ -349,7 +349,11 @@ class EventEngine:
         log.info("event %r fired (%s)", event.name, event.trigger.value)
         committed: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         run = ActionRun(
-            self._actions, compiled.rule, self._groups, values, compiled.counters.count_failure
+            handlers=self._actions,
+            rule=compiled.rule,
+            groups=self._groups,
+            values=values,
+            on_failure=compiled.counters.count_failure,
         )
         self._spawn(run(event, committed), event.name)
         return outcome, committed
