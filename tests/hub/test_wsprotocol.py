@@ -4,7 +4,6 @@ where uvicorn relies on it, and the real server uses the protocol end to end."""
 from __future__ import annotations
 
 import asyncio
-import gc
 
 import pytest
 
@@ -76,7 +75,7 @@ async def test_the_hub_serves_its_connections_with_the_light_protocol(hub: Hub) 
     await join(b, "home", bob)
     await send(a, {"action": "broadcast", "rid": "home", "content": "hi"})
     assert (await recv_until(b, "#message"))["#message"] == "hi"
-    protocols = [p for p in gc.get_objects() if isinstance(p, HubWebSocketProtocol)]
+    protocols = _protocols(hub)
     assert len(protocols) == 2, "the hub did not use HubWebSocketProtocol"
     for protocol in protocols:
         assert isinstance(protocol.queue, Inbox)
@@ -91,11 +90,7 @@ async def test_a_paused_transport_gets_its_frames_in_order_once_it_resumes(hub: 
     await join(a, "home", alice)
     await join(b, "home", bob)
     await recv_until(a, "#notice", **{"#user_id": bob.user_id})
-    (bobs,) = [
-        p
-        for p in gc.get_objects()
-        if isinstance(p, HubWebSocketProtocol) and bob.token.encode() in p.scope["query_string"]
-    ]
+    (bobs,) = [p for p in _protocols(hub) if bob.token.encode() in p.scope["query_string"]]
     bobs.pause_writing()  # what the transport calls when its buffer passes the high-water mark
     assert bobs.write_text(b'"held"') is False
     for n in (1, 2, 3):
@@ -105,3 +100,10 @@ async def test_a_paused_transport_gets_its_frames_in_order_once_it_resumes(hub: 
     bobs.resume_writing()
     assert [(await recv_until(b, "#message"))["#message"] for _ in range(3)] == [1, 2, 3]
     assert bobs.write_text(b'"direct"') is True
+
+
+def _protocols(hub: Hub) -> list[HubWebSocketProtocol]:
+    """The protocol objects of the hub's open connections (uvicorn's server state)."""
+    server = hub.server._server
+    assert server is not None
+    return [p for p in server.server_state.connections if isinstance(p, HubWebSocketProtocol)]
