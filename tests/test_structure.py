@@ -1,8 +1,10 @@
-"""The package's shape: imports point one way (no cycles, counting every import)."""
+"""The package's shape: imports point one way (no cycles), and one root for its errors."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 AGENT = Path(__file__).resolve().parent.parent / "agent"
@@ -87,3 +89,24 @@ def test_no_module_imports_back_into_one_that_imports_it() -> None:
 
 def test_the_cycle_finder_sees_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_every_error_the_package_defines_has_the_one_root() -> None:
+    # In a fresh interpreter: importing every module here would load what the idle tests
+    # check stays unloaded.
+    code = """
+import importlib, inspect, pkgutil, agent
+from agent.errors import EdgeAgentError
+for info in pkgutil.walk_packages(agent.__path__, "agent."):
+    module = importlib.import_module(info.name)
+    for name, obj in vars(module).items():
+        if (inspect.isclass(obj) and issubclass(obj, BaseException)
+                and obj.__module__ == info.name and not name.startswith("_")
+                and not issubclass(obj, EdgeAgentError)):
+            print(f"{info.name}.{name}")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "", f"errors outside agent.errors.EdgeAgentError:\n{done.stdout}"

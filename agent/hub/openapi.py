@@ -46,7 +46,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent.errors import Codes, RealtimeError
+from agent.errors import Codes, EdgeAgentError, RealtimeError
 
 __all__ = [
     "ANSWERS",
@@ -247,8 +247,9 @@ class FilesAfterRoutes:
         await self.files(scope, receive, send)
 
 
-class BodyTooLargeError(HTTPException):
-    """A request body over the limit (413, RFC 9110 section 15.5.14)."""
+class BodyTooLargeError(EdgeAgentError, HTTPException):
+    """A request body over the limit (413, RFC 9110 section 15.5.14); an ``HTTPException``
+    so that FastAPI re-raises it from a body read to the app's handler."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"The request body is over the limit of {limit} bytes.")
