@@ -110,3 +110,24 @@ for info in pkgutil.walk_packages(agent.__path__, "agent."):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "", f"errors outside agent.errors.EdgeAgentError:\n{done.stdout}"
+
+
+def test_every_lazily_exported_name_resolves_to_its_home() -> None:
+    # A stale entry (a name moved to another module) would fail only where it is used.
+    code = """
+import importlib
+for package in ("rtc", "media", "sensors", "events", "push", "client"):
+    module = importlib.import_module(f"agent.{package}")
+    for name in module.__all__:
+        getattr(module, name)
+    try:
+        module.no_such_name
+    except AttributeError as exc:
+        assert str(exc) == f"module 'agent.{package}' has no attribute 'no_such_name'", exc
+    else:
+        raise AssertionError(f"agent.{package}.no_such_name resolved")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
