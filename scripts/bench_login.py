@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(kind: str, state: Path, kdf_threads: int, kdf_queue: int) -> None:
-    from agent.hub.login import LoginThrottle, ThrottlePolicy
+    from agent.hub.login import LoginThrottle, MemoryThrottleStore, ThrottlePolicy
     from agent.hub.server import HubServer
 
     login = HubLoginSettings(kdf_threads=kdf_threads, kdf_queue=kdf_queue)
@@ -146,7 +146,8 @@ async def _serve(kind: str, state: Path, kdf_threads: int, kdf_queue: int) -> No
 
         never = ThrottlePolicy(free_failures=10**9, base_delay=0, max_delay=0, forgive_seconds=1)
         hub.login_guard.pool.run = shared_run  # type: ignore[method-assign]
-        hub.login_guard.throttle = LoginThrottle(name_policy=never, address_policy=never)
+        unthrottled = LoginThrottle(name_policy=never, address_policy=never)
+        hub.login_guard.local = MemoryThrottleStore(unthrottled)
     await hub.start()
     print(f"PORT {hub.port}", flush=True)
     try:

@@ -1,6 +1,6 @@
 """Password logins that cannot be brute-forced or used to starve the hub.
 
-Two parts, one pure and one thin:
+Three parts, one pure and two thin:
 
 - :class:`LoginThrottle` counts failed logins per account name and per client address and
   locks a key out for an exponentially growing delay once its free failures are used up
@@ -8,6 +8,11 @@ Two parts, one pure and one thin:
   and reads no clock: every call takes ``now``. Its memory is bounded: each table keeps at
   most ``max_keys`` keys and forgets the least recently failed one first, so a flood of
   made-up names cannot grow the hub without end.
+- :class:`ThrottleStore` is where the guard keeps those counts: :class:`MemoryThrottleStore`
+  (the pure tables and this node's monotonic clock) on a single hub, or a store every node
+  shares (``agent.hub.backplane_redis.throttle``: one atomic script per step, Redis's own
+  clock) when the hub runs as a cluster, so that N nodes behind a load balancer do not give
+  a guesser N times the tries.
 - :class:`KdfPool` runs the password hash (scrypt, deliberately slow and memory-hard) on a
   few threads of its own with a bounded number of logins waiting; one more is refused at
   once. The shared default executor (``asyncio.to_thread``) stays free for everything else,
@@ -16,6 +21,13 @@ Two parts, one pure and one thin:
 :class:`LoginGuard` puts them in front of :meth:`AccountStore.verify_password`. Unknown
 names, empty and wrong passwords all cost one scrypt and get the same :class:`AuthError`.
 
+When the shared store cannot be reached (Redis restarting, the network cut), the guard fails
+*closed to the node*: it counts and refuses with this node's own tables until the store
+answers again (logged once each way). A login is never answered 500 and never goes
+unthrottled; for the length of the outage a guesser spreading tries over N nodes gets up to
+N times the free tries, and the node's counts are dropped from use once the store is back
+(the shared counts are the cluster's truth).
+
 The client address is the ASGI client host: behind a reverse proxy, the proxy's address,
 unless the proxy is listed in ``[hub] trusted_proxies`` and sends ``X-Forwarded-For``.
 """
@@ -23,17 +35,18 @@ unless the proxy is listed in ``[hub] trusted_proxies`` and sends ``X-Forwarded-
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from time import monotonic
-from typing import Final, ParamSpec, TypeVar
+from typing import Final, ParamSpec, Protocol, TypeVar
 
-from agent.errors import AuthError, Codes, RealtimeError
+from agent.errors import AuthError, Codes, EdgeAgentError, RealtimeError
 from agent.hub.accounts import Account, AccountStore
 
 __all__ = [
@@ -45,7 +58,11 @@ __all__ = [
     "LoginGuard",
     "LoginRefused",
     "LoginThrottle",
+    "MemoryThrottleStore",
+    "ThrottleKind",
     "ThrottlePolicy",
+    "ThrottleStore",
+    "ThrottleStoreDown",
     "client_address",
 ]
 
@@ -197,6 +214,62 @@ class LoginThrottle:
         self.names.succeeded(name)
 
 
+class ThrottleKind(enum.Enum):
+    """The two tables of failed logins: per account name and per client address."""
+
+    NAME = "name"
+    ADDRESS = "address"
+
+
+class ThrottleStoreDown(EdgeAgentError):
+    """A shared :class:`ThrottleStore` cannot be used now; the guard uses its node's own."""
+
+
+class ThrottleStore(Protocol):
+    """Failure counts and lockouts of both tables, each method one atomic step.
+
+    The semantics are :class:`FailureThrottle`'s under the store's policy per kind, at the
+    store's own clock. A shared store raises :class:`ThrottleStoreDown` when it cannot
+    answer; it never half-applies a step.
+    """
+
+    async def retry_after(self, kind: ThrottleKind, key: str) -> float:
+        """Seconds ``key`` stays locked out now; 0.0 when it may try."""
+
+    async def failed(self, kind: ThrottleKind, key: str) -> float:
+        """Count a failure of ``key`` now; the lockout it starts (0.0 if none)."""
+
+    async def succeeded(self, kind: ThrottleKind, key: str) -> None:
+        """Forget the failures of ``key``."""
+
+
+class MemoryThrottleStore:
+    """A :class:`ThrottleStore` over a :class:`LoginThrottle`'s pure tables, read at
+    ``clock()`` (monotonic by default): this node's counts only."""
+
+    def __init__(
+        self, throttle: LoginThrottle | None = None, *, clock: Callable[[], float] | None = None
+    ) -> None:
+        self.throttle = throttle if throttle is not None else LoginThrottle()
+        self._clock = clock if clock is not None else monotonic
+
+    def table(self, kind: ThrottleKind) -> FailureThrottle:
+        """The pure table of ``kind``."""
+        return self.throttle.names if kind is ThrottleKind.NAME else self.throttle.addresses
+
+    async def retry_after(self, kind: ThrottleKind, key: str) -> float:
+        """Seconds ``key`` stays locked out now; 0.0 when it may try."""
+        return self.table(kind).retry_after(key, self._clock())
+
+    async def failed(self, kind: ThrottleKind, key: str) -> float:
+        """Count a failure of ``key`` now; the lockout it starts (0.0 if none)."""
+        return self.table(kind).failed(key, self._clock())
+
+    async def succeeded(self, kind: ThrottleKind, key: str) -> None:
+        """Forget the failures of ``key``."""
+        self.table(kind).succeeded(key)
+
+
 class KdfPool:
     """Runs key derivations on ``threads`` threads of its own, ``queue`` more waiting.
 
@@ -254,7 +327,11 @@ def client_address(client: tuple[str, int] | None) -> str:
 
 
 class LoginGuard:
-    """Password checks behind a :class:`LoginThrottle` and a :class:`KdfPool`."""
+    """Password checks behind a :class:`ThrottleStore` and a :class:`KdfPool`.
+
+    ``shared`` is the cluster's store (none on a single hub); ``throttle`` and ``clock`` make
+    this node's own store, used alone without ``shared`` and in its place while it is down.
+    """
 
     def __init__(
         self,
@@ -264,11 +341,18 @@ class LoginGuard:
         kdf_queue: int,
         throttle: LoginThrottle | None = None,
         clock: Callable[[], float] | None = None,
+        shared: ThrottleStore | None = None,
     ) -> None:
         self.accounts = accounts
         self.pool = KdfPool(threads=kdf_threads, queue=kdf_queue)
-        self.throttle = throttle if throttle is not None else LoginThrottle()
-        self._clock = clock if clock is not None else monotonic
+        self.local = MemoryThrottleStore(throttle, clock=clock)
+        self.shared = shared
+        self._alone = False  # the shared store failed: logged until it answers again
+
+    @property
+    def throttle(self) -> LoginThrottle:
+        """This node's own tables."""
+        return self.local.throttle
 
     async def verify(self, name: str, password: str, address: str) -> Account:
         """The account ``name`` if ``password`` is right.
@@ -278,29 +362,40 @@ class LoginGuard:
                 no password was checked.
             AuthError: wrong name or password, the same answer for both.
         """
-        wait = self.throttle.retry_after(name, address, self._clock())
+        wait = await self._retry_after(name, address)
         if wait:
             raise LoginRefused(
                 f"Too many failed logins; try again in {wait} s.", status=429, retry_after=wait
             )
         account = await self.pool.run(self.accounts.verify_password, name, password)
         if account is None:
-            self._failed(name, address)
+            await self._failed(name, address)
             raise AuthError(WRONG_CREDENTIALS, reason="invalid")
-        self.throttle.succeeded(name)
+        await self._use(lambda store: store.succeeded(ThrottleKind.NAME, name))
         return account
 
     def close(self) -> None:
         """Release the KDF threads."""
         self.pool.close()
 
-    def _failed(self, name: str, address: str) -> None:
-        now = self._clock()
+    async def _retry_after(self, name: str, address: str) -> int:
+        """Whole seconds until ``name`` from ``address`` may try again; 0 if it may now."""
+        waits = await asyncio.gather(
+            self._use(lambda store: store.retry_after(ThrottleKind.NAME, name)),
+            self._use(lambda store: store.retry_after(ThrottleKind.ADDRESS, address)),
+        )
+        return math.ceil(max(waits))
+
+    async def _failed(self, name: str, address: str) -> None:
         # Logins already under way when the lockout began fail into it: they count (each was
         # a guess) but do not log again. The name is left out of the log: people type their
         # password into the name field.
-        already = self.throttle.retry_after(name, address, now)
-        locked = self.throttle.failed(name, address, now)
+        already = await self._retry_after(name, address)
+        delays = await asyncio.gather(
+            self._use(lambda store: store.failed(ThrottleKind.NAME, name)),
+            self._use(lambda store: store.failed(ThrottleKind.ADDRESS, address)),
+        )
+        locked = math.ceil(max(delays))
         if locked and not already:
             log.warning(
                 "login: repeated failures, the last from %s; "
@@ -308,3 +403,24 @@ class LoginGuard:
                 address or "an unknown address",
                 locked,
             )
+
+    async def _use(self, step: Callable[[ThrottleStore], Awaitable[T]]) -> T:
+        """``step`` on the shared store, or on this node's own while that one is down."""
+        shared = self.shared
+        if shared is not None:
+            try:
+                result = await step(shared)
+            except ThrottleStoreDown as exc:
+                if not self._alone:
+                    self._alone = True
+                    log.warning(
+                        "login: the shared throttle cannot be used (%s); this node counts "
+                        "failed logins on its own until it can",
+                        exc,
+                    )
+            else:
+                if self._alone:
+                    self._alone = False
+                    log.info("login: the shared throttle answers again")
+                return result
+        return await step(self.local)

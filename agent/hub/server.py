@@ -33,7 +33,7 @@ from agent.hub.backplane import Backplane, MemoryBackplane
 from agent.hub.devices_api import IceServerItem
 from agent.hub.events_api import EventsService
 from agent.hub.history import DatabaseEventStore
-from agent.hub.login import LoginGuard
+from agent.hub.login import LoginGuard, ThrottleStore
 from agent.hub.metrics import HubMetrics
 from agent.hub.recorder import HistoryRecorder
 from agent.hub.records import open_records
@@ -49,7 +49,7 @@ from agent.statedir import resolve_state_dir
 if TYPE_CHECKING:
     from agent.config import Settings
 
-__all__ = ["HubAddressError", "HubServer", "backplane_for", "run_hub"]
+__all__ = ["HubAddressError", "HubServer", "backplane_for", "run_hub", "shared_login_throttle"]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ class HubServer:
             self.accounts,
             kdf_threads=settings.hub.login.kdf_threads,
             kdf_queue=settings.hub.login.kdf_queue,
+            shared=shared_login_throttle(self.backplane),
         )
         self.push = (
             PushService.from_state_dir(self.state_dir, settings.push, accounts=self.accounts)
@@ -294,6 +295,16 @@ def backplane_for(setting: str, *, password_file: Path | None = None) -> Backpla
 
     password = read_password_file(password_file) if password_file is not None else None
     return RedisBackplane(setting, password=password)
+
+
+def shared_login_throttle(backplane: Backplane) -> ThrottleStore | None:
+    """The login throttle the nodes on ``backplane`` share; ``None`` on a single hub."""
+    if isinstance(backplane, MemoryBackplane):
+        return None
+    from agent.hub.backplane_redis.plane import RedisBackplane
+    from agent.hub.backplane_redis.throttle import RedisThrottleStore
+
+    return RedisThrottleStore.of(backplane) if isinstance(backplane, RedisBackplane) else None
 
 
 def run_hub(settings: Settings) -> int:

@@ -25,6 +25,8 @@ from agent.hub.login import (
     LoginGuard,
     LoginRefused,
     LoginThrottle,
+    MemoryThrottleStore,
+    ThrottleKind,
     ThrottlePolicy,
 )
 from agent.hub.server import HubServer
@@ -215,6 +217,45 @@ async def test_the_guard_refuses_even_the_right_password_while_locked(tmp_path: 
         store.close()
 
 
+async def test_the_memory_store_is_the_pure_tables_at_its_clock() -> None:
+    now = [0.0]
+    store = MemoryThrottleStore(
+        LoginThrottle(name_policy=POLICY, address_policy=ADDRESS_POLICY), clock=lambda: now[0]
+    )
+    assert [await store.failed(ThrottleKind.NAME, "k") for _ in range(4)] == [0, 0, 0, 1.0]
+    assert await store.failed(ThrottleKind.ADDRESS, "k") == 0.0  # the other table
+    now[0] = 0.5
+    assert await store.retry_after(ThrottleKind.NAME, "k") == 0.5
+    assert store.table(ThrottleKind.ADDRESS).failures("k", 0.0) == 1.0
+    await store.succeeded(ThrottleKind.NAME, "k")
+    assert await store.retry_after(ThrottleKind.NAME, "k") == 0.0
+
+
+async def test_guards_sharing_a_store_count_failures_together(tmp_path: Path) -> None:
+    store = AccountStore(tmp_path / ACCOUNTS_FILE)
+    store.add("alice", PASSWORD)
+    shared = MemoryThrottleStore(
+        LoginThrottle(name_policy=POLICY, address_policy=ADDRESS_POLICY), clock=lambda: FROZEN
+    )
+    guards = [
+        LoginGuard(store, kdf_threads=1, kdf_queue=4, shared=shared, clock=lambda: FROZEN)
+        for _ in range(2)
+    ]
+    try:
+        for attempt in range(POLICY.free_failures + 1):
+            with pytest.raises(AuthError):
+                await guards[attempt % 2].verify("alice", "not it", f"192.0.2.{attempt}")
+        for guard in guards:
+            with pytest.raises(LoginRefused):
+                await guard.verify("alice", PASSWORD, "198.51.100.1")
+            # Each guard's own table was not used: the shared store is the one that counts.
+            assert len(guard.throttle.names) == 0
+    finally:
+        for guard in guards:
+            guard.close()
+        store.close()
+
+
 # -- a real hub ------------------------------------------------------------------------------
 
 
@@ -266,6 +307,7 @@ def assert_rate_limited(response: httpx.Response, status: int = 429) -> int:
 
 async def test_wrong_passwords_lock_the_account_even_for_the_right_one(make_hub: HubMaker) -> None:
     hub = await make_hub()
+    assert hub.server.login_guard.shared is None  # a single hub counts on its own
     hub.server.accounts.add("alice", PASSWORD)
     async with hub.http() as http:
         for attempt in range(NAME_POLICY.free_failures + 1):

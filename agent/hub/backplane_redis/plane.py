@@ -100,6 +100,16 @@ class RedisBackplane(Backplane):
         )
 
     @property
+    def link(self) -> RedisLink:
+        """This node's commands to Redis, for other shared state of the hub (logins)."""
+        return self._link
+
+    @property
+    def prefix(self) -> str:
+        """What every key and channel of this cluster starts with."""
+        return self._prefix
+
+    @property
     def link_state(self) -> LinkState:
         """Whether this node is connected to Redis (UP) or serving alone (DOWN)."""
         return self._link.state

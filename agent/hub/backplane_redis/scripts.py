@@ -8,6 +8,11 @@ they run on a single Redis (or a primary with replicas), not on a Redis Cluster.
 
 Records are JSON (Redis embeds ``cjson``): ``[node, user_id, name, [groups...]]``. An empty
 group list may come back as ``{}`` (cjson cannot tell an empty array from an empty object).
+
+The login throttle's scripts (``THROTTLE_*``, used by :mod:`.throttle`) name their one record
+in ``KEYS[1]`` instead. Numbers cross the script boundary as text written with ``%.17g``:
+Redis truncates a Lua number reply to an integer, and 17 significant digits bring a double
+back exactly, so a delay computed here equals the one the pure table computes.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ __all__ = [
     "PUBLISH_USER",
     "REAP",
     "STATS",
+    "THROTTLE_FAILED",
+    "THROTTLE_RETRY_AFTER",
     "Script",
 ]
 
@@ -276,6 +283,61 @@ return n
 """,
 )
 
+# The login throttle (agent.hub.login.FailureThrottle's arithmetic, step for step). A record
+# is a hash: f failures, u when they were last counted, l locked until (seconds). ``now`` is
+# Redis's own clock (TIME) so that the nodes' clocks never matter; a test may pass one.
+_THROTTLE: Final = """
+local function clock(given)
+  if given ~= '' then return tonumber(given) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function forgiven(failures, updated, now, forgive)
+  return math.max(0, failures - math.max(0, now - updated) / forgive)
+end
+local function num(x) return string.format('%.17g', x) end
+"""
+
+# KEYS: record. ARGV: now or '', forgive_seconds -> seconds locked out (text); a record with
+# nothing left to remember (unlocked, fully forgiven) is deleted.
+THROTTLE_RETRY_AFTER: Final = Script(
+    "throttle_retry_after",
+    _THROTTLE
+    + """
+local rec = redis.call('HMGET', KEYS[1], 'f', 'u', 'l')
+if not rec[1] then return '0' end
+local now = clock(ARGV[1])
+local locked = tonumber(rec[3])
+if locked <= now and forgiven(tonumber(rec[1]), tonumber(rec[2]), now, tonumber(ARGV[2])) == 0 then
+  redis.call('DEL', KEYS[1])
+  return '0'
+end
+return num(math.max(0, locked - now))
+""",
+)
+
+# KEYS: record. ARGV: now or '', free_failures, base_delay, max_delay, forgive_seconds ->
+# the lockout this failure starts (text). The record expires once it is both unlocked and
+# fully forgiven, so made-up names and addresses leave nothing behind.
+THROTTLE_FAILED: Final = Script(
+    "throttle_failed",
+    _THROTTLE
+    + """
+local now = clock(ARGV[1])
+local free, base, cap = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local forgive = tonumber(ARGV[5])
+local rec = redis.call('HMGET', KEYS[1], 'f', 'u')
+local failures = 1
+if rec[1] then failures = forgiven(tonumber(rec[1]), tonumber(rec[2]), now, forgive) + 1 end
+local delay, over = 0, failures - free
+if over > 0 then delay = math.min(cap, base * 2 ^ math.min(math.max(0, over - 1), 62)) end
+redis.call('HSET', KEYS[1], 'f', num(failures), 'u', num(now), 'l', num(now + delay))
+local ttl = math.max(failures * forgive, delay)
+redis.call('PEXPIRE', KEYS[1], string.format('%d', math.ceil(ttl * 1000) + 1))
+return num(delay)
+""",
+)
+
 ALL: Final = (
     ATTACH,
     DETACH,
@@ -290,4 +352,6 @@ ALL: Final = (
     REAP,
     CLEAR_NODE,
     ADD_MANY,
+    THROTTLE_RETRY_AFTER,
+    THROTTLE_FAILED,
 )
