@@ -22,9 +22,15 @@ Three hubs, measured in the same run, one after the other:
 Aims (issue 8): under the flood ``/api/me`` p99 within 20 ms of its idle p99, and RSS
 growth <= 20 MB.
 
+Then, when ``redis-server`` is installed, one more line: what the throttle adds to a login
+on a cluster (issue 12), its steps for one successful and one failed login timed against a
+throwaway Redis on loopback, with this node's in-memory store as the baseline in the same run
+(the scrypt itself, the same for both, is left out).
+
     .venv/bin/python scripts/bench_login.py               # 10 s floods, 16 workers, ~1 min
     .venv/bin/python scripts/bench_login.py --seconds 3   # quicker
     .venv/bin/python scripts/bench_login.py --kdf-threads 2
+    .venv/bin/python scripts/bench_login.py --throttle-only   # the Redis line alone, ~2 s
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ import contextlib
 import json
 import os
 import platform
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -110,8 +118,12 @@ def main() -> int:
     if args.flood:
         print(json.dumps(asyncio.run(_flood(args.flood, args))), flush=True)
         return 0
-    results = [_measure(kind, args) for kind in KINDS]
-    _report(results, args)
+    if not args.throttle_only:
+        _report([_measure(kind, args) for kind in KINDS], args)
+    if shutil.which("redis-server") is None:
+        print("cluster throttle: skipped (redis-server is not installed)")
+    else:
+        print(asyncio.run(_throttle_latency(args.throttle_logins)))
     return 0
 
 
@@ -122,6 +134,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=16, help="concurrent flooders")
     parser.add_argument("--kdf-threads", type=int, default=defaults.kdf_threads)
     parser.add_argument("--kdf-queue", type=int, default=defaults.kdf_queue)
+    parser.add_argument(
+        "--throttle-only", action="store_true", help="only the cluster throttle's line"
+    )
+    parser.add_argument("--throttle-logins", type=int, default=2000, help="logins timed")
     parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--state", help=argparse.SUPPRESS)
     parser.add_argument("--flood", help=argparse.SUPPRESS)
@@ -312,6 +328,79 @@ def _report(results: list[Result], args: argparse.Namespace) -> None:
             f"{rss} (baseline shared: p99 rise {results[0].p99_rise_ms:.1f} ms, "
             f"RSS growth {results[0].rss_growth_mb:.1f} MB)"
         )
+
+
+# -- the cluster throttle ---------------------------------------------------------------------
+
+
+async def _throttle_latency(logins: int) -> str:
+    """One line: the throttle steps of a login, in-memory and on Redis, p50/p99 in ms."""
+    from agent.hub.backplane_redis import RedisBackplane
+    from agent.hub.backplane_redis.throttle import RedisThrottleStore
+    from agent.hub.login import MemoryThrottleStore
+
+    with tempfile.TemporaryDirectory(prefix="bench-login-redis-") as tmp, _redis(Path(tmp)) as url:
+        plane = RedisBackplane(url)
+        await plane.start()
+        try:
+            memory = await _login_steps(MemoryThrottleStore(), logins)
+            redis = await _login_steps(RedisThrottleStore.of(plane), logins)
+        finally:
+            await plane.close()
+    parts = []
+    for outcome in ("ok", "failed"):
+        base, shared = Phase(memory[outcome]), Phase(redis[outcome])
+        parts.append(
+            f"{outcome} login p50 {shared.p50:.3f} ms p99 {shared.p99:.3f} ms "
+            f"(baseline in-memory p50 {base.p50:.3f} ms p99 {base.p99:.3f} ms; "
+            f"added p50 {shared.p50 - base.p50:.3f} ms)"
+        )
+    return f"cluster throttle on Redis, {logins} logins each: " + "; ".join(parts)
+
+
+async def _login_steps(store: Any, logins: int) -> dict[str, list[float]]:
+    """The store calls LoginGuard makes for a successful and for a failed login, timed."""
+    from agent.hub.login import ThrottleKind
+
+    name, address = ThrottleKind.NAME, ThrottleKind.ADDRESS
+    times: dict[str, list[float]] = {"ok": [], "failed": []}
+    for n in range(logins):
+        user, client = f"user{n}", f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}"
+        started = time.perf_counter()
+        await asyncio.gather(store.retry_after(name, user), store.retry_after(address, client))
+        await store.succeeded(name, user)
+        times["ok"].append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        for _ in range(2):  # before the password check, and again before counting
+            await asyncio.gather(store.retry_after(name, user), store.retry_after(address, client))
+        await asyncio.gather(store.failed(name, user), store.failed(address, client))
+        times["failed"].append((time.perf_counter() - started) * 1000)
+    return times
+
+
+@contextlib.contextmanager
+def _redis(directory: Path) -> Iterator[str]:
+    """A redis-server on a free loopback port, without persistence; its URL."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port = int(sock.getsockname()[1])
+    command = ["redis-server", "--bind", HOST, "--port", str(port), "--dir", str(directory)]
+    command += ["--save", "", "--appendonly", "no", "--loglevel", "warning"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection((HOST, port), 1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    break
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.02)
+        yield f"redis://{HOST}:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(START_TIMEOUT)
 
 
 if __name__ == "__main__":
