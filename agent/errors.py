@@ -17,7 +17,8 @@
      ├── SensorError        (agent.sensors.errors) UnknownPortError, SerialWriteError
      ├── EventError         (agent.events.errors) UnknownRuleError, ControlError, LinkDownError
      ├── StackLoadError     (agent.rtc.errors) the media stack cannot be loaded
-     └── BackplaneError     (agent.hub.backplane) BackplaneDown (its Redis is away)
+     ├── BackplaneError     (agent.hub.backplane) BackplaneDown (its Redis is away)
+     └── ThrottleStoreDown  (agent.hub.login) the cluster's shared login throttle is away
     RealtimeError also roots CallEndedError (agent.rtc.errors), which carries the
     reference's codes.
 

@@ -114,7 +114,9 @@ class HubServer:
             self.accounts,
             kdf_threads=settings.hub.login.kdf_threads,
             kdf_queue=settings.hub.login.kdf_queue,
-            shared=shared_login_throttle(self.backplane),
+            shared=shared_login_throttle(
+                self.backplane, hash_key=self.tokens.derive_key("login throttle keys")
+            ),
         )
         self.push = (
             PushService.from_state_dir(self.state_dir, settings.push, accounts=self.accounts)
@@ -297,14 +299,17 @@ def backplane_for(setting: str, *, password_file: Path | None = None) -> Backpla
     return RedisBackplane(setting, password=password)
 
 
-def shared_login_throttle(backplane: Backplane) -> ThrottleStore | None:
-    """The login throttle the nodes on ``backplane`` share; ``None`` on a single hub."""
+def shared_login_throttle(backplane: Backplane, *, hash_key: bytes) -> ThrottleStore | None:
+    """The login throttle the nodes on ``backplane`` share (its keys hashed with
+    ``hash_key``, the same on every node); ``None`` on a single hub."""
     if isinstance(backplane, MemoryBackplane):
         return None
     from agent.hub.backplane_redis.plane import RedisBackplane
     from agent.hub.backplane_redis.throttle import RedisThrottleStore
 
-    return RedisThrottleStore.of(backplane) if isinstance(backplane, RedisBackplane) else None
+    if not isinstance(backplane, RedisBackplane):
+        return None
+    return RedisThrottleStore.of(backplane, hash_key=hash_key)
 
 
 def run_hub(settings: Settings) -> int:

@@ -9,6 +9,8 @@ is below the account's: the hub compares the two on every request and open conne
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import time
 from dataclasses import dataclass
@@ -50,6 +52,11 @@ class TokenIssuer:
         if len(secret) < _MIN_SECRET_BYTES:
             raise ConfigError(f"The token secret is {len(secret)} bytes; at least 32 are needed.")
         self._secret = secret
+
+    def derive_key(self, purpose: str) -> bytes:
+        """A 32-byte key for ``purpose``, derived from the token secret (HMAC-SHA256), so
+        every node sharing the secret derives the same key and no purpose sees the secret."""
+        return hmac.new(self._secret, f"edge-agent {purpose}".encode(), hashlib.sha256).digest()
 
     @classmethod
     def from_state_dir(cls, state_dir: Path) -> TokenIssuer:

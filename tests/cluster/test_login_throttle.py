@@ -6,6 +6,7 @@ records expire, and a node whose Redis is away keeps throttling on its own."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -277,6 +278,11 @@ async def test_keys_are_namespaced_and_hashed(plane: RedisBackplane) -> None:
         assert len(digest) == 64
         assert int(digest, 16) >= 0
     assert "alice" not in " ".join(keys)  # what people type stays out of Redis in clear
+    # Keyed: without the nodes' key, a guess cannot be tested against what Redis holds.
+    plain = hashlib.sha256(b"alice").hexdigest()
+    assert not store.record_key(NAME, "alice").endswith(plain)
+    other = RedisThrottleStore.of(plane, hash_key=b"another cluster's key")
+    assert other.record_key(NAME, "alice") != store.record_key(NAME, "alice")
 
 
 async def test_redis_time_drives_the_store_and_the_key_expires(plane: RedisBackplane) -> None:

@@ -236,6 +236,20 @@ def test_a_short_secret_is_refused(tmp_path: Path) -> None:
     assert excinfo.value.file == tmp_path / SECRET_FILE
 
 
+def test_derived_keys_are_shared_by_issuers_of_one_secret_and_apart_per_purpose(
+    tmp_path: Path,
+) -> None:
+    one, same = TokenIssuer.from_state_dir(tmp_path), TokenIssuer.from_state_dir(tmp_path)
+    assert one.derive_key("login throttle keys") == same.derive_key("login throttle keys")
+    assert len(one.derive_key("login throttle keys")) == 32
+    assert one.derive_key("login throttle keys") != one.derive_key("something else")
+    secret = (tmp_path / SECRET_FILE).read_bytes()
+    assert secret not in one.derive_key("login throttle keys")
+    assert TokenIssuer(b"x" * 32).derive_key("login throttle keys") != one.derive_key(
+        "login throttle keys"
+    )
+
+
 def test_state_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("STATE_DIRECTORY", raising=False)

@@ -12,6 +12,8 @@ a Redis shared with other programs, or several clusters on one Redis, never coll
     {P}nodes              set   nodes that registered (a reaper checks their keys)
     {P}node-conns:{node}  set   scids of that node, to reap them when it dies
     {P}seq                the sequence
+    {P}login:name:{hmac}  hash  a failed-login record (agent.hub.backplane_redis.throttle)
+    {P}login:address:{hmac}
 
 Channels: ``{P}to-group:{group}``, ``{P}to-user:{user_id}`` and ``{P}to-node:{node}``. A
 group or user payload is ``EXCLUDE "\\n" FRAME`` (EXCLUDE is a connection id or empty); a

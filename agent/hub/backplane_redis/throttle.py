@@ -10,11 +10,13 @@ all. The scripts do :class:`agent.hub.login.FailureThrottle`'s arithmetic with t
 
 Keys, under the backplane's prefix (:mod:`.naming`)::
 
-    {P}login:name:{sha256 of the name}        hash  f failures, u updated, l locked until
-    {P}login:address:{sha256 of the address}
+    {P}login:name:{HMAC-SHA256 of the name}        hash  f failures, u updated, l locked until
+    {P}login:address:{HMAC-SHA256 of the address}
 
 Hashing makes any string a safe, bounded key, and keeps what people type into the name field
-(sometimes their password) out of Redis in clear. Each record expires once it is unlocked and
+(sometimes their password) out of Redis in clear; the hash is keyed (``hash_key``, which the
+hub derives from the secret its nodes share), so whoever reads Redis cannot test guesses
+against it either. Each record expires once it is unlocked and
 fully forgiven, so Redis holds at most what the logins of the last forgiveness period left.
 
 Redis unreachable or refusing is :class:`agent.hub.login.ThrottleStoreDown`; the guard then
@@ -24,6 +26,7 @@ throttles with its node's own tables (see :mod:`agent.hub.login`).
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Callable
 from typing import Any
 
@@ -58,8 +61,10 @@ class RedisThrottleStore:
         name_policy: ThrottlePolicy = NAME_POLICY,
         address_policy: ThrottlePolicy = ADDRESS_POLICY,
         clock: Callable[[], float] | None = None,
+        hash_key: bytes = b"",
     ) -> None:
         self._link = link
+        self._hash_key = hash_key
         self._prefix = prefix + "login:"
         self._policies = {ThrottleKind.NAME: name_policy, ThrottleKind.ADDRESS: address_policy}
         self._clock = clock
@@ -71,7 +76,8 @@ class RedisThrottleStore:
 
     def record_key(self, kind: ThrottleKind, key: str) -> str:
         """The Redis key of ``key``'s record in the ``kind`` table."""
-        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+        data = key.encode("utf-8", "surrogatepass")
+        digest = hmac.new(self._hash_key, data, hashlib.sha256).hexdigest()
         return f"{self._prefix}{kind.value}:{digest}"
 
     async def retry_after(self, kind: ThrottleKind, key: str) -> float:
