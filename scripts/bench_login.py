@@ -161,7 +161,7 @@ async def _serve(kind: str, state: Path, kdf_threads: int, kdf_queue: int) -> No
             return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
         never = ThrottlePolicy(free_failures=10**9, base_delay=0, max_delay=0, forgive_seconds=1)
-        hub.login_guard.pool.run = shared_run  # type: ignore[method-assign]
+        hub.login_guard.pool.run = shared_run  # type: ignore[method-assign, assignment]
         unthrottled = LoginThrottle(name_policy=never, address_policy=never)
         hub.login_guard.local = MemoryThrottleStore(unthrottled)
     await hub.start()
