@@ -164,6 +164,12 @@ class NetNamespace:
         """Create it; ``RuntimeError`` naming the command that failed (e.g. not root)."""
         self._ip("netns", "add", self.name)
         self.created = True
+        # No IPv6 duplicate address detection: the veth ends' link-local addresses would
+        # turn from tentative to preferred a second or two after link-up, which a Chromium
+        # already loading the viewer sees as a network change (ERR_NETWORK_CHANGED: the
+        # page's scripts fail to load and the login form never shows).
+        dad_off = ("net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+        self._ip("netns", "exec", self.name, "sysctl", "-q", "-w", *dad_off)
         steps = [
             ["link", "set", "lo", "up"],
             ["link", "add", "ea0", "type", "veth", "peer", "name", "ea1"],
@@ -176,6 +182,14 @@ class NetNamespace:
         ]
         for step in steps:
             self._ip("-n", self.name, *step)
+        tentative = subprocess.run(
+            ["ip", "-n", self.name, "-6", "addr", "show", "tentative"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        if tentative.strip():
+            raise RuntimeError(f"addresses still tentative in {self.name}:\n{tentative}")
 
     def delete(self) -> None:
         """Remove it (its interfaces go with it)."""

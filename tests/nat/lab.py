@@ -50,6 +50,7 @@ VIEWER_IP: Final = "100.64.0.2"
 # A second address the viewer can move to (item 4: a phone that changes networks).
 VIEWER_IP_2: Final = "100.64.1.2"
 _PREFIX: Final = "ea-nat-"
+_NO_DAD: Final = ("net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
 ROLES: Final = ("pub", "home", "dev", "carrier", "view")
 
 
@@ -88,6 +89,10 @@ class NatLab:
         for role in ROLES:
             _run("ip", "netns", "add", self.name(role))
             self.created.append(self.name(role))
+            # No IPv6 duplicate address detection: a link-local address turning from
+            # tentative to preferred a second after link-up is a network change to a
+            # Chromium already loading the viewer (ERR_NETWORK_CHANGED).
+            self.run(role, "sysctl", "-q", "-w", *_NO_DAD)
             self.ip(role, "link", "set", "lo", "up")
         self._wire(("pub", "h0", "198.51.100.1/24"), ("home", "wan", f"{HOME_PUBLIC}/24"))
         self._wire(("pub", "c0", "203.0.113.1/24"), ("carrier", "wan", f"{CARRIER_PUBLIC}/24"))
