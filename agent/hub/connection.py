@@ -3,9 +3,9 @@
 Fan-out never awaits a recipient: :meth:`Connection.deliver` writes an already-encoded
 frame straight to the connection's transport while it accepts data (through the server's
 :data:`WRITE_TEXT_EXTENSION` when it offers one, else by stepping the ASGI ``send``), and
-only when the transport is paused (the peer reads slower than frames arrive) queues it for a drainer
-task. A reader that does not keep up only grows its own queue; past ``max_outbound_bytes``
-that connection alone is closed (4409) and everyone else carries on.
+only when the transport is paused (the peer reads slower than frames arrive) queues it for
+a drainer task. A reader that does not keep up only grows its own queue; past
+``max_outbound_bytes`` that connection alone is closed (4409) and everyone else carries on.
 
 Frames the hub sends are ASCII (percent-encoded as ``encodeURI`` does), so a frame's
 ``len()`` is its size in bytes.
@@ -140,8 +140,13 @@ class Connection:
 
     def _write_now(self, text: str) -> None:
         write_text = self._write_text
-        if write_text is not None and write_text(text.encode()):
-            return
+        if write_text is not None:
+            try:
+                if write_text(text.encode()):
+                    return
+            except Exception as exc:  # a recipient's failure must never reach the sender
+                self._lost(exc)
+                return
         # Run the ASGI send by hand up to its first suspension. While the transport accepts
         # data, uvicorn's send never suspends, so the frame is written with no task switch
         # (what asyncio's eager tasks do from Python 3.12). If it suspends, the transport

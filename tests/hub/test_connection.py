@@ -134,6 +134,56 @@ async def test_an_unexpected_send_error_is_logged_and_never_reaches_the_caller(
     assert "send failed" in caplog.text
 
 
+async def test_a_direct_write_that_fails_stops_only_its_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(_data: bytes) -> bool:
+        raise RuntimeError("bug in the direct write")
+
+    written: list[bytes] = []
+
+    def direct(data: bytes) -> bool:
+        written.append(data)
+        return True
+
+    metrics = HubMetrics()
+    failing = Connection(MEMBER, Transport().send, limits=HubLimits(), metrics=metrics)
+    failing._write_text = broken  # what the server's write_text extension would be
+    other_member = Member(MEMBER.user_id, "scid2", "alice")
+    healthy = Connection(
+        other_member, Transport().send, limits=HubLimits(), metrics=metrics, write_text=direct
+    )
+    for conn in (failing, healthy):  # a fan-out: the failure must not reach this loop
+        conn.deliver("frame")
+    assert failing.state is ConnState.CLOSING
+    assert "send failed" in caplog.text
+    assert (healthy.state, written) == (ConnState.OPEN, [b"frame"])
+
+
+async def test_a_direct_write_refused_goes_through_the_asgi_send_in_order() -> None:
+    transport = Transport()
+    taken: list[bytes] = []
+    open_now = [True]
+
+    def direct(data: bytes) -> bool:
+        if open_now[0]:
+            taken.append(data)
+        return open_now[0]
+
+    metrics = HubMetrics()
+    conn = Connection(
+        MEMBER, transport.send, limits=HubLimits(), metrics=metrics, write_text=direct
+    )
+    conn.deliver("1")
+    open_now[0] = False  # the transport paused: the ASGI send waits, later frames queue
+    transport.writable.clear()
+    conn.deliver("2")
+    conn.deliver("3")
+    transport.writable.set()
+    await _drained(conn)
+    assert (taken, transport.texts) == ([b"1"], ["2", "3"])
+
+
 async def test_errors_count_towards_the_policy_close_but_rate_limits_do_not() -> None:
     transport = Transport()
     conn, metrics = _connection(transport, max_errors=2, rate_burst=1, rate_per_second=0.001)
