@@ -10,6 +10,7 @@ setting and what a stack that cannot load does to a call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -189,21 +190,38 @@ def agent_settings(tmp_path: Path, **calls: Any) -> Settings:
     })  # fmt: skip
 
 
-async def test_preload_loads_the_media_stack_before_ready(tmp_path: Path) -> None:
-    agent = Agent(agent_settings(tmp_path, preload=True), notifier=Notifier(None))
+@contextlib.asynccontextmanager
+async def started(agent: Agent) -> AsyncIterator[Agent]:
+    """``agent`` running and connected to its embedded hub; stopped when the block ends."""
     running = asyncio.create_task(agent.run())
     try:
         async with asyncio.timeout(WAIT):
             await agent.wait_connected()
+        yield agent
+    finally:
+        agent.request_stop()
+        async with asyncio.timeout(WAIT):
+            await running
+
+
+async def device_connection(agent: Agent, client: RealtimeClient) -> str:
+    """The connection id of ``agent``'s device ("porch"), as ``client`` lists it."""
+    assert agent.hub is not None
+    device = await asyncio.to_thread(agent.hub.accounts.get_by_name, "porch")
+    assert device is not None
+    listing = await client.get_realtime_users(GROUP, device.user_id)
+    return str(listing["list"][0]["connection_id"])
+
+
+async def test_preload_loads_the_media_stack_before_ready(tmp_path: Path) -> None:
+    async with started(
+        Agent(agent_settings(tmp_path, preload=True), notifier=Notifier(None))
+    ) as agent:
         assert agent.calls is not None
         assert agent.calls.loaded
         assert agent.desk is not None
         assert agent.media is not None
         assert "edge_agent_media_stack_loaded 1" in agent.parts.render_metrics()
-    finally:
-        agent.request_stop()
-        async with asyncio.timeout(WAIT):
-            await running
 
 
 async def test_a_snapshot_rule_loads_the_media_stack_when_it_fires(tmp_path: Path) -> None:
@@ -218,11 +236,7 @@ async def test_a_snapshot_rule_loads_the_media_stack_when_it_fires(tmp_path: Pat
             }).events,
         }
     )  # fmt: skip
-    agent = Agent(settings, notifier=Notifier(None))
-    running = asyncio.create_task(agent.run())
-    try:
-        async with asyncio.timeout(WAIT):
-            await agent.wait_connected()
+    async with started(Agent(settings, notifier=Notifier(None))) as agent:
         assert agent.hub is not None
         assert agent.calls is not None
         assert agent.sensing is not None
@@ -234,10 +248,6 @@ async def test_a_snapshot_rule_loads_the_media_stack_when_it_fires(tmp_path: Pat
         assert agent.calls.loaded
         assert agent.media is not None
         await watcher.close_realtime()
-    finally:
-        agent.request_stop()
-        async with asyncio.timeout(WAIT):
-            await running
 
 
 async def test_a_stack_that_cannot_load_refuses_calls_and_says_why(
@@ -245,16 +255,10 @@ async def test_a_stack_that_cannot_load_refuses_calls_and_says_why(
 ) -> None:
     # A broken install: one module of the stack is missing.
     monkeypatch.setattr(standby, "_STACK", (*standby._STACK, "agent_test_not_installed"))
-    agent = Agent(agent_settings(tmp_path), notifier=Notifier(None))
-    running = asyncio.create_task(agent.run())
-    try:
-        async with asyncio.timeout(WAIT):
-            await agent.wait_connected()
+    async with started(Agent(agent_settings(tmp_path), notifier=Notifier(None))) as agent:
         assert agent.hub is not None
         alice, _ = await caller(agent.hub)
-        device = await asyncio.to_thread(agent.hub.accounts.get_by_name, "porch")
-        listing = await alice.get_realtime_users(GROUP, device.user_id)
-        cid = listing["list"][0]["connection_id"]
+        cid = await device_connection(agent, alice)
         for _ in range(2):  # refused at once: after the failed load, and without a new one
             connector = await alice.connect_rtc(cid=cid, media=None, callback=Viewer())
             with pytest.raises(CallEndedError):
@@ -267,25 +271,16 @@ async def test_a_stack_that_cannot_load_refuses_calls_and_says_why(
         with pytest.raises(StackLoadError):
             await agent.calls.snapshot()
         await alice.close_realtime()
-    finally:
-        agent.request_stop()
-        async with asyncio.timeout(WAIT):
-            await running
     assert agent.failed_part is None  # the agent itself kept running
 
 
 async def test_calls_disabled_are_refused_without_loading_the_stack(tmp_path: Path) -> None:
-    agent = Agent(agent_settings(tmp_path, enabled=False), notifier=Notifier(None))
-    running = asyncio.create_task(agent.run())
-    try:
-        async with asyncio.timeout(WAIT):
-            await agent.wait_connected()
+    settings = agent_settings(tmp_path, enabled=False)
+    async with started(Agent(settings, notifier=Notifier(None))) as agent:
         assert agent.hub is not None
         alice, _ = await caller(agent.hub)
-        device = await asyncio.to_thread(agent.hub.accounts.get_by_name, "porch")
-        listing = await alice.get_realtime_users(GROUP, device.user_id)
         connector = await alice.connect_rtc(
-            cid=listing["list"][0]["connection_id"], media=None, callback=Viewer()
+            cid=await device_connection(agent, alice), media=None, callback=Viewer()
         )
         with pytest.raises(CallEndedError):
             async with asyncio.timeout(WAIT):
@@ -294,10 +289,6 @@ async def test_calls_disabled_are_refused_without_loading_the_stack(tmp_path: Pa
         assert not agent.calls.loaded
         assert "edge_agent_calls_active" not in agent.parts.render_metrics()
         await alice.close_realtime()
-    finally:
-        agent.request_stop()
-        async with asyncio.timeout(WAIT):
-            await running
 
 
 async def test_the_factory_of_calls_is_set_before_they_exist() -> None:
